@@ -1,0 +1,23 @@
+//! riskserve-core: the numeric heart of riskserve, with no knowledge of Python.
+//!
+//! * [`spec`]: the feature spec (`features.json`), versioned with every model.
+//! * [`pipeline::FeaturePipeline`]: compiled once from a spec, turns a batch of raw
+//!   columns into a row-major `f32` matrix. The training pipeline and the server
+//!   both call it, so there is one implementation of every transform.
+//! * [`fit`]: fits a spec template's statistics (imputation values, means, quantile
+//!   edges, vocabularies) on training columns.
+//! * [`hash`]: MurmurHash3 x86_32, the portable hash behind hashed categories and
+//!   (later) sticky traffic assignment.
+
+pub mod column;
+pub mod error;
+pub mod fit;
+pub mod hash;
+pub mod pipeline;
+pub mod spec;
+mod stats;
+
+pub use column::{Column, StrColumn};
+pub use error::{Error, Result};
+pub use pipeline::FeaturePipeline;
+pub use spec::FeatureSpec;

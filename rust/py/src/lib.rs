@@ -1,0 +1,24 @@
+//! riskserve._native: thin PyO3 bindings over riskserve-core. Conversion lives in
+//! `columns`, the GIL release in `gil`, error mapping in `error`; one file per
+//! exposed type or function group.
+
+use pyo3::prelude::*;
+
+mod columns;
+mod error;
+mod gil;
+mod hash;
+mod pipeline;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("FeatureError", py.get_type::<error::FeatureError>())?;
+    m.add("SpecError", py.get_type::<error::SpecError>())?;
+    m.add("InputError", py.get_type::<error::InputError>())?;
+    m.add_class::<pipeline::FeaturePipeline>()?;
+    m.add_function(wrap_pyfunction!(pipeline::fit_spec, m)?)?;
+    m.add_function(wrap_pyfunction!(hash::murmur3_32, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
