@@ -4,6 +4,7 @@
 
 use pyo3::prelude::*;
 
+mod bytes;
 mod columns;
 mod error;
 mod gil;
@@ -19,6 +20,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipeline::FeaturePipeline>()?;
     m.add_function(wrap_pyfunction!(pipeline::fit_spec, m)?)?;
     m.add_function(wrap_pyfunction!(hash::murmur3_32, m)?)?;
+    m.add_function(wrap_pyfunction!(bytes::packed_count, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,0 +1,151 @@
+"""riskserve command line: datagen, train, serve, score."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _progress(prefix: str) -> Any:
+    start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{prefix} {time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def cmd_datagen(a: argparse.Namespace) -> int:
+    from riskserve.training.datagen import run_datagen
+
+    fp = run_datagen(a.rows, a.seed, Path(a.out), progress=_progress("datagen"))
+    print(json.dumps({"out": a.out, "rows": a.rows, "seed": a.seed, "sha256": fp}))
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from riskserve.training.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=Path(a.data),
+        target=a.target,
+        model=a.model,
+        models_dir=Path(a.models),
+        spec=Path(a.spec) if a.spec else None,
+        seed=a.seed,
+        model_format=a.format,
+        rounds=a.rounds,
+        threshold=a.threshold,
+    )
+    res = train(cfg, progress=_progress("train"))
+    print(
+        json.dumps(
+            {
+                "model": a.model,
+                "version": res.ref.version,
+                "path": str(res.ref.path),
+                "model_sha256": res.model_sha256,
+                "metrics": res.metrics,
+            }
+        )
+    )
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from riskserve import logs
+    from riskserve.config import Settings
+    from riskserve.server import run
+
+    overrides = {
+        "models_dir": Path(a.models) if a.models else None,
+        "host": a.host,
+        "port": a.port,
+        "compute_threads": a.compute_threads,
+        "onnx_threads": a.onnx_threads,
+        "log_level": a.log_level,
+    }
+    settings = Settings.load(overrides)
+    logs.configure(settings.log_level)
+    run(settings)
+    return 0
+
+
+def cmd_score(a: argparse.Namespace) -> int:
+    from riskserve.client import Client, example_row
+
+    if a.json:
+        row = json.loads(a.json)
+        if not isinstance(row, dict):
+            print("--json must be a JSON object of field: value", file=sys.stderr)
+            return 2
+    else:
+        row = example_row(a.seed)
+    row = {k: (math.nan if v is None else v) for k, v in row.items()}
+    client = Client(a.server, timeout=a.timeout)
+    try:
+        version, probs = client.score(a.model, row, a.version)
+    finally:
+        client.close()
+    print(json.dumps({"model": a.model, "version": version, "probability": probs}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="riskserve", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("datagen", help="generate synthetic card payments (CSV or Parquet)")
+    d.add_argument("--rows", type=int, required=True)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", required=True, help="path ending in .csv or .parquet")
+    d.set_defaults(fn=cmd_datagen)
+
+    t = sub.add_parser("train", help="fit a feature spec, train LightGBM, register a version")
+    t.add_argument("--data", required=True)
+    t.add_argument("--target", required=True)
+    t.add_argument("--model", required=True)
+    t.add_argument("--models", required=True, help="models folder (the registry)")
+    t.add_argument("--spec", help="feature spec template; inferred from the data if absent")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--format", choices=("lightgbm", "onnx"), default="lightgbm")
+    t.add_argument("--rounds", type=int, default=300)
+    t.add_argument("--threshold", type=float, default=0.5, help="operating threshold")
+    t.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("serve", help="serve every model in the folder over gRPC (V2)")
+    s.add_argument("--models", help="models folder (env RISKSERVE_MODELS_DIR)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int, help="default 8001; 0 picks a free port")
+    s.add_argument("--compute-threads", type=int)
+    s.add_argument("--onnx-threads", type=int)
+    s.add_argument("--log-level")
+    s.set_defaults(fn=cmd_serve)
+
+    c = sub.add_parser("score", help="score a transaction against a running server")
+    c.add_argument("--server", default="localhost:8001")
+    c.add_argument("--model", default="fraud")
+    c.add_argument("--version", default="")
+    c.add_argument("--json", help='one transaction as a JSON object, e.g. \'{"amount": 12.5}\'')
+    c.add_argument("--seed", type=int, default=7, help="without --json: a generated example")
+    c.add_argument("--timeout", type=float, default=10.0)
+    c.set_defaults(fn=cmd_score)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"riskserve {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Settings: one typed object, read from RISKSERVE_* environment variables, with
+CLI flags overriding. Built once in the composition root and passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "RISKSERVE_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    models_dir: Path = Path("models")
+    host: str = "0.0.0.0"
+    port: int = 8001
+    #: Threads that run transforms and models (the GIL is released there).
+    compute_threads: int = 2
+    #: ONNX Runtime intra-op threads per session.
+    onnx_threads: int = 1
+    #: Admission bound: requests in flight beyond this get RESOURCE_EXHAUSTED.
+    max_inflight: int = 1024
+    #: Largest batch (rows) one request may carry.
+    max_request_rows: int = 10_000
+    #: Largest gRPC message accepted, bytes.
+    max_message_bytes: int = 64 * 1024 * 1024
+    #: Seconds to let in-flight requests finish on SIGTERM.
+    grace_seconds: float = 10.0
+    log_level: str = "info"
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Defaults, then RISKSERVE_<FIELD> from `env`, then non-None `overrides`."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, f.type, raw)
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key] = value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("compute_threads", "onnx_threads", "max_inflight", "max_request_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"setting {name} must be >= 1")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("setting port must be in 0..65535")
+
+
+def _parse(name: str, typ: Any, raw: str) -> Any:
+    kind = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+        return raw
+    except ValueError as e:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {e}") from None

@@ -1,0 +1,192 @@
+"""models/<name>/<version>/ directories: written once (atomically), verified at
+every load against the sha256 of every file in manifest.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from riskserve.errors import IntegrityError, InvalidInput, NotFound
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "riskserve.manifest/v1"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_model_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise InvalidInput(
+            f"model name {name!r} must be 1-128 characters of letters, digits, '_', '.', '-'"
+        )
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What produced a model version, and the hash of each of its files."""
+
+    name: str
+    version: int
+    model_format: str  # "lightgbm" | "onnx"
+    files: dict[str, str]
+    raw: dict[str, Any]
+
+    @property
+    def model_sha256(self) -> str:
+        key = "model.onnx" if self.model_format == "onnx" else "model.txt"
+        return self.files[key]
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], where: Path) -> Manifest:
+        try:
+            if data.get("format") != MANIFEST_FORMAT:
+                raise KeyError("format")
+            files = {str(k): str(v) for k, v in dict(data["files"]).items()}
+            fmt = str(data["model_format"])
+            if fmt not in ("lightgbm", "onnx"):
+                raise KeyError("model_format")
+            return cls(
+                name=str(data["name"]),
+                version=int(data["version"]),
+                model_format=fmt,
+                files=files,
+                raw=dict(data),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise IntegrityError(f"{where}: manifest field {e} is missing or invalid") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionRef:
+    name: str
+    version: int
+    path: Path
+
+
+class ModelRepository:
+    """A folder of models: `root/<name>/<version>/`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+
+    def versions(self, name: str) -> list[VersionRef]:
+        d = self.root / check_model_name(name)
+        if not d.is_dir():
+            return []
+        refs = [VersionRef(name, int(p.name), p) for p in d.iterdir() if p.name.isdigit()]
+        return sorted(refs, key=lambda r: r.version)
+
+    def version(self, name: str, version: int) -> VersionRef:
+        path = self.root / check_model_name(name) / str(version)
+        if not path.is_dir():
+            raise NotFound(f"model {name!r} has no version {version} in {self.root}")
+        return VersionRef(name, version, path)
+
+    def verify(self, ref: VersionRef) -> Manifest:
+        """Checks manifest.json and the sha256 of every file it lists."""
+        mpath = ref.path / MANIFEST
+        try:
+            data = json.loads(mpath.read_text())
+        except FileNotFoundError:
+            raise IntegrityError(f"{mpath}: missing") from None
+        except (OSError, ValueError) as e:
+            raise IntegrityError(f"{mpath}: unreadable: {e}") from None
+        manifest = Manifest.parse(data, mpath)
+        if manifest.name != ref.name or manifest.version != ref.version:
+            raise IntegrityError(
+                f"{mpath}: names {manifest.name}/{manifest.version}, "
+                f"but lives at {ref.name}/{ref.version}"
+            )
+        required = {"features.json", "model.onnx" if manifest.model_format == "onnx" else "model.txt"}
+        for need in sorted(required - manifest.files.keys()):
+            raise IntegrityError(f"{mpath}: does not list required file {need}")
+        for fname, expected in sorted(manifest.files.items()):
+            fpath = ref.path / fname
+            if "/" in fname or fname.startswith("."):
+                raise IntegrityError(f"{mpath}: bad file name {fname!r}")
+            if not fpath.is_file():
+                raise IntegrityError(f"{fpath}: listed in the manifest but missing")
+            actual = sha256_file(fpath)
+            if actual != expected:
+                raise IntegrityError(
+                    f"{fpath}: sha256 {actual} does not match the manifest's {expected}"
+                )
+        return manifest
+
+    def next_version(self, name: str) -> int:
+        versions = self.versions(name)
+        return versions[-1].version + 1 if versions else 1
+
+    def write_version(
+        self, name: str, files: Mapping[str, bytes], manifest: Mapping[str, Any]
+    ) -> VersionRef:
+        """Writes a new version atomically (temp dir, fsync, rename) and returns it.
+
+        `manifest` gets name, version, format and the sha256 of every file added."""
+        check_model_name(name)
+        model_dir = self.root / name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=model_dir))
+        try:
+            hashes: dict[str, str] = {}
+            for fname, content in sorted(files.items()):
+                _write_synced(tmp / fname, content)
+                hashes[fname] = hashlib.sha256(content).hexdigest()
+            while True:
+                version = self.next_version(name)
+                body = {
+                    "format": MANIFEST_FORMAT,
+                    "name": name,
+                    "version": version,
+                    **manifest,
+                    "files": hashes,
+                }
+                text = json.dumps(body, indent=2, sort_keys=True) + "\n"
+                _write_synced(tmp / MANIFEST, text.encode())
+                try:
+                    os.rename(tmp, model_dir / str(version))
+                except OSError:
+                    if (model_dir / str(version)).exists():
+                        continue  # another writer took this number; take the next
+                    raise
+                _fsync_dir(model_dir)
+                return VersionRef(name, version, model_dir / str(version))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _write_synced(path: Path, content: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

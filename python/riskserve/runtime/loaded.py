@@ -1,0 +1,99 @@
+"""A model version loaded from the registry: its compiled feature pipeline, its
+runtime, its manifest and the V2 metadata derived from its spec."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from riskserve._native import FeaturePipeline, SpecError
+from riskserve.errors import IntegrityError
+from riskserve.registry import Manifest, ModelRepository, VersionRef
+from riskserve.runtime.runtimes import LightGBMRuntime, ModelRuntime, OnnxRuntime, Scores
+
+#: Spec dtype → Open Inference Protocol datatype.
+V2_DATATYPE = {"float": "FP64", "int": "INT64", "bool": "BOOL", "string": "BYTES"}
+OUTPUT_NAME = "probability"
+
+
+@dataclasses.dataclass(frozen=True)
+class InputInfo:
+    name: str
+    dtype: str  # spec dtype
+    datatype: str  # V2 datatype
+
+
+@dataclasses.dataclass(eq=False)
+class LoadedModel:
+    name: str
+    version: int
+    manifest: Manifest
+    pipeline: FeaturePipeline
+    runtime: ModelRuntime
+    inputs: tuple[InputInfo, ...]
+
+    @property
+    def platform(self) -> str:
+        return self.runtime.platform
+
+    @property
+    def input_index(self) -> Mapping[str, InputInfo]:
+        return {i.name: i for i in self.inputs}
+
+    def score(self, columns: Mapping[str, Any]) -> Scores:
+        """Raw columns → P(fraud) per row. Runs numeric work with the GIL released;
+        call it from a worker thread, not the event loop."""
+        features = self.pipeline.transform(dict(columns))
+        return self.runtime.predict(features)
+
+    def warm_up(self) -> None:
+        """Scores one all-missing row so the first real request pays no lazy setup."""
+        row: dict[str, Any] = {}
+        for i in self.inputs:
+            if i.dtype == "string":
+                row[i.name] = [None]
+            elif i.dtype == "bool":
+                row[i.name] = np.zeros(1, dtype=bool)
+            elif i.dtype == "int":
+                row[i.name] = np.zeros(1, dtype=np.int64)
+            else:
+                row[i.name] = np.full(1, np.nan)
+        out = self.score(row)
+        if out.shape != (1,) or not np.isfinite(out).all():
+            raise IntegrityError(f"{self.name}/{self.version}: warm-up produced {out!r}")
+
+
+def load_version(repo: ModelRepository, ref: VersionRef, onnx_threads: int = 1) -> LoadedModel:
+    """Verifies, compiles, loads and warms up one version; raises IntegrityError
+    naming the file on any failure."""
+    manifest = repo.verify(ref)
+    spec_path = ref.path / "features.json"
+    try:
+        pipeline = FeaturePipeline(spec_path.read_text())
+    except SpecError as e:
+        raise IntegrityError(f"{spec_path}: {e}") from None
+    n = pipeline.n_features
+    try:
+        runtime: ModelRuntime
+        if manifest.model_format == "onnx":
+            runtime = OnnxRuntime(ref.path / "model.onnx", n, onnx_threads)
+        else:
+            runtime = LightGBMRuntime(ref.path / "model.txt", n)
+    except Exception as e:  # the libraries raise their own types
+        raise IntegrityError(f"{ref.path}: model does not load: {e}") from None
+    inputs = tuple(InputInfo(name, dtype, V2_DATATYPE[dtype]) for name, dtype in pipeline.inputs)
+    model = LoadedModel(ref.name, ref.version, manifest, pipeline, runtime, inputs)
+    model.warm_up()
+    return model
+
+
+def spec_hash(spec_json: str) -> str:
+    """sha256 of the canonical (sorted, compact) JSON of a spec."""
+    import hashlib
+
+    canon = json.dumps(json.loads(spec_json), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()

@@ -1,0 +1,98 @@
+"""Composition root: builds everything from Settings, serves, shuts down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import riskserve
+from riskserve.config import Settings
+from riskserve.dataplane import DataPlane
+from riskserve.pb.inference import grpc_service_pb2 as pb
+from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
+from riskserve.registry import ModelRepository
+from riskserve.routing import load_repository
+from riskserve.transport.errors import ErrorInterceptor
+from riskserve.transport.inference import SERVICE_NAME, InferenceServicer
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """A running riskserve: the gRPC server, its data plane and health service."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        started = time.perf_counter()
+        repo = ModelRepository(settings.models_dir)
+        table = load_repository(repo, settings.onnx_threads)
+        self.dataplane = DataPlane(settings, table)
+        log.info(
+            "models loaded",
+            extra={
+                "models": {n: d.live for n, d in table.deployments.items()},
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        opts = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.grpc = grpc.aio.server(interceptors=[ErrorInterceptor()], options=opts)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.dataplane, riskserve.__version__), self.grpc
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        names = (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, self.grpc)
+        assert pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name == SERVICE_NAME
+        self.port = self.grpc.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {settings.host}:{settings.port}")
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra={"host": self.settings.host, "port": self.port, "pid": __import__("os").getpid()},
+        )
+
+    async def stop(self) -> None:
+        """Drain: report NOT_SERVING, refuse new work, let in-flight requests finish."""
+        log.info("draining", extra={"grace_seconds": self.settings.grace_seconds})
+        self.dataplane.ready = False
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(self.settings.grace_seconds)
+        self.dataplane.close()
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> None:
+    server = Server(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def run(settings: Settings) -> None:
+    import uvloop
+
+    uvloop.run(serve(settings))

@@ -1,0 +1,1 @@
+"""Synthetic data, spec inference and fitting, and the training pipeline."""

@@ -1,0 +1,1 @@
+"""The one layer that knows gRPC: servicers, interceptors, codec."""

@@ -1,0 +1,134 @@
+"""Open Inference Protocol protobuf ⇄ data-plane types. Raw contents go straight
+from bytes to numpy with np.frombuffer; BYTES stay packed and are parsed in Rust;
+replies are encoded as raw little-endian bytes, never Python lists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from riskserve.dataplane import InferInput, InferRequest, InferResult, TensorData
+from riskserve.errors import InvalidInput
+from riskserve.pb.inference import grpc_service_pb2 as pb
+from riskserve.runtime.loaded import OUTPUT_NAME
+
+#: V2 datatype → numpy dtype (little-endian, as the protocol specifies).
+NUMPY_DTYPE: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+
+#: V2 datatype → the InferTensorContents field that carries it.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+_OUTPUT_TENSOR = pb.ModelInferResponse.InferOutputTensor(
+    name=OUTPUT_NAME, datatype="FP32", shape=[0]
+)
+
+
+def _param_value(p: pb.InferParameter) -> Any:
+    which = p.WhichOneof("parameter_choice")
+    return None if which is None else getattr(p, which)
+
+
+def decode_request(
+    req: pb.ModelInferRequest, time_remaining: float | None = None
+) -> InferRequest:
+    raw = req.raw_input_contents
+    if raw and len(raw) != len(req.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(req.inputs)} inputs; "
+            "send raw contents for every input or for none"
+        )
+    inputs = []
+    for i, t in enumerate(req.inputs):
+        name, datatype = t.name, t.datatype
+        if not name:
+            raise InvalidInput(f"input #{i} has no name")
+        shape = tuple(int(d) for d in t.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidInput(f"input {name!r} has a negative dimension in shape {list(shape)}")
+        count = int(np.prod(shape)) if shape else 1
+        data: TensorData
+        if raw:
+            data = _decode_raw(name, datatype, shape, count, raw[i])
+        else:
+            data = _decode_contents(name, datatype, t.contents)
+        inputs.append(InferInput(name, datatype, shape, data))
+    params = {k: _param_value(v) for k, v in req.parameters.items()}
+    return InferRequest(
+        model_name=req.model_name,
+        model_version=req.model_version,
+        id=req.id,
+        inputs=inputs,
+        requested_outputs=[o.name for o in req.outputs],
+        parameters=params,
+        time_remaining=time_remaining,
+    )
+
+
+def _decode_raw(
+    name: str, datatype: str, shape: tuple[int, ...], count: int, buf: bytes
+) -> TensorData:
+    if datatype == "BYTES":
+        return buf  # packed; validated and counted in Rust
+    dtype = NUMPY_DTYPE.get(datatype)
+    if dtype is None:
+        raise InvalidInput(f"input {name!r} has unknown datatype {datatype!r}")
+    if len(buf) != count * dtype.itemsize:
+        raise InvalidInput(
+            f"input {name!r}: raw content is {len(buf)} bytes, but shape {list(shape)} of "
+            f"{datatype} needs {count * dtype.itemsize}"
+        )
+    return np.frombuffer(buf, dtype=dtype)
+
+
+def _decode_contents(name: str, datatype: str, contents: pb.InferTensorContents) -> TensorData:
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"input {name!r} has unknown or unsupported datatype {datatype!r}")
+    values = getattr(contents, field)
+    if datatype == "BYTES":
+        return list(values)
+    return np.asarray(values, dtype=NUMPY_DTYPE[datatype])
+
+
+def encode_response(result: InferResult) -> pb.ModelInferResponse:
+    probs = result.probability
+    out = pb.ModelInferResponse.InferOutputTensor()
+    out.CopyFrom(_OUTPUT_TENSOR)
+    out.shape[0] = len(probs)
+    resp = pb.ModelInferResponse(
+        model_name=result.model_name,
+        model_version=result.model_version,
+        id=result.id,
+        outputs=[out],
+        raw_output_contents=[probs.astype("<f4", copy=False).tobytes()],
+    )
+    for k, v in result.parameters.items():
+        resp.parameters[k].string_param = v
+    return resp
