@@ -1,9 +1,20 @@
 """Type stubs for the Rust extension riskserve._native (checked by mypy.stubtest)."""
 
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "FeatureError",
+    "FeaturePipeline",
+    "InputError",
+    "SpecError",
+    "__version__",
+    "fit_spec",
+    "murmur3_32",
+    "packed_count",
+]
 
 __version__: str
 
@@ -11,8 +22,9 @@ class FeatureError(ValueError): ...
 class SpecError(FeatureError): ...
 class InputError(FeatureError): ...
 
+@final
 class FeaturePipeline:
-    def __init__(self, spec_json: str) -> None: ...
+    def __new__(cls, spec_json: str) -> FeaturePipeline: ...
     @property
     def feature_names(self) -> list[str]: ...
     @property

@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--server", default="localhost:8001")
     c.add_argument("--model", default="fraud")
     c.add_argument("--version", default="")
-    c.add_argument("--json", help='one transaction as a JSON object, e.g. \'{"amount": 12.5}\'')
+    c.add_argument("--json", help="one transaction as a JSON object, e.g. '{\"amount\": 12.5}'")
     c.add_argument("--seed", type=int, default=7, help="without --json: a generated example")
     c.add_argument("--timeout", type=float, default=10.0)
     c.set_defaults(fn=cmd_score)

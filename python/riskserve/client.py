@@ -87,7 +87,9 @@ class Client:
         unknown = [k for k in cols if k not in dts]
         if unknown:
             raise ValueError(f"model {model!r} has no input(s) {', '.join(unknown)}")
-        resp = self.stub.ModelInfer(build_request(model, cols, dts, version=version), timeout=self.timeout)
+        resp = self.stub.ModelInfer(
+            build_request(model, cols, dts, version=version), timeout=self.timeout
+        )
         return resp.model_version, probabilities(resp).tolist()
 
 
@@ -97,4 +99,5 @@ def example_row(seed: int = 7) -> dict[str, Any]:
 
     table = generate(1, seed)
     row = {k: v[0] for k, v in table.to_pydict().items() if k != TARGET}
-    return json.loads(json.dumps(row, default=str).replace("NaN", "null"))
+    clean: dict[str, Any] = json.loads(json.dumps(row, default=str).replace("NaN", "null"))
+    return clean

@@ -118,7 +118,10 @@ class ModelRepository:
                 f"{mpath}: names {manifest.name}/{manifest.version}, "
                 f"but lives at {ref.name}/{ref.version}"
             )
-        required = {"features.json", "model.onnx" if manifest.model_format == "onnx" else "model.txt"}
+        required = {
+            "features.json",
+            "model.onnx" if manifest.model_format == "onnx" else "model.txt",
+        }
         for need in sorted(required - manifest.files.keys()):
             raise IntegrityError(f"{mpath}: does not list required file {need}")
         for fname, expected in sorted(manifest.files.items()):

@@ -86,7 +86,9 @@ def columns_of(table: pa.Table, names: list[str]) -> dict[str, Any]:
 
 def binary_target(table: pa.Table, target: str) -> npt.NDArray[np.int32]:
     if target not in table.column_names:
-        raise ValueError(f"target column {target!r} not in the data ({len(table.column_names)} columns)")
+        raise ValueError(
+            f"target column {target!r} not in the data ({len(table.column_names)} columns)"
+        )
     y = table.column(target).to_numpy(zero_copy_only=False)
     if y.dtype == object:
         raise ValueError(f"target column {target!r} must be 0/1 or boolean, got strings")
@@ -95,7 +97,8 @@ def binary_target(table: pa.Table, target: str) -> npt.NDArray[np.int32]:
         raise ValueError(f"target column {target!r} must hold only 0 and 1")
     if y.min() == y.max():
         raise ValueError(f"target column {target!r} has a single class")
-    return y.astype(np.int32)
+    out: npt.NDArray[np.int32] = y.astype(np.int32)
+    return out
 
 
 def auc(y: npt.NDArray[Any], p: npt.NDArray[Any]) -> float:
@@ -118,7 +121,7 @@ def auc(y: npt.NDArray[Any], p: npt.NDArray[Any]) -> float:
 def evaluate(y: npt.NDArray[Any], p: npt.NDArray[Any], threshold: float) -> dict[str, float]:
     flagged = p >= threshold
     tp = int((flagged & (y == 1)).sum())
-    k = max(1, int(round(0.01 * len(p))))
+    k = max(1, round(0.01 * len(p)))
     top = np.argsort(-p, kind="mergesort")[:k]
     return {
         "auc": auc(y, p),
@@ -137,11 +140,17 @@ def code_revision() -> str:
     try:
         rev = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -204,7 +213,7 @@ def train(cfg: TrainConfig, progress: Progress = lambda _m: None) -> TrainResult
 
     rng = np.random.default_rng(cfg.seed)
     perm = rng.permutation(table.num_rows)
-    n_hold = int(round(cfg.holdout * table.num_rows))
+    n_hold = round(cfg.holdout * table.num_rows)
     hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
     train_tab, hold_tab = table.take(pa.array(train_idx)), table.take(pa.array(hold_idx))
 
@@ -265,5 +274,7 @@ def train(cfg: TrainConfig, progress: Progress = lambda _m: None) -> TrainResult
     repo = ModelRepository(cfg.models_dir)
     ref = repo.write_version(cfg.model, files, manifest)
     sha = repo.verify(ref).model_sha256
-    progress(f"registered {cfg.model} version {ref.version} at {ref.path} (model sha256 {sha[:16]}…)")
+    progress(
+        f"registered {cfg.model} version {ref.version} at {ref.path} (model sha256 {sha[:16]}…)"
+    )
     return TrainResult(ref=ref, metrics=metrics, model_sha256=sha)

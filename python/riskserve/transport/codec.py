@@ -55,9 +55,7 @@ def _param_value(p: pb.InferParameter) -> Any:
     return None if which is None else getattr(p, which)
 
 
-def decode_request(
-    req: pb.ModelInferRequest, time_remaining: float | None = None
-) -> InferRequest:
+def decode_request(req: pb.ModelInferRequest, time_remaining: float | None = None) -> InferRequest:
     raw = req.raw_input_contents
     if raw and len(raw) != len(req.inputs):
         raise InvalidInput(

@@ -47,9 +47,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             versions=list(md.versions),
             platform=md.platform,
             inputs=[tm(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in md.inputs],
-            outputs=[
-                tm(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in md.outputs
-            ],
+            outputs=[tm(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in md.outputs],
         )
 
     async def ModelInfer(

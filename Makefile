@@ -1,0 +1,77 @@
+# riskserve: `make serve` and `make test` do every set-up step on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MODELS ?= models
+PORT ?= 8001
+RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: all install build serve test test-rust test-python lint fmt demo-model bench clean proto
+
+all: build
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Third-party dependencies, pinned.
+$(VENV)/.deps: requirements-dev.lock | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements-dev.lock
+	touch $@
+
+# The package itself, editable, with the Rust extension built in release mode.
+$(VENV)/.built: $(VENV)/.deps $(RUST_SOURCES) pyproject.toml
+	$(VENV)/bin/maturin develop --release --quiet
+	touch $@
+
+install build: $(VENV)/.built
+
+# A demo model, trained by riskserve itself, when the models folder is empty.
+demo-model: $(VENV)/.built
+	@if [ -z "$$(ls -A $(MODELS) 2>/dev/null)" ]; then \
+	  echo ">> $(MODELS)/ is empty: generating 50,000 synthetic card payments and training model 'fraud'"; \
+	  mkdir -p $(MODELS) data && \
+	  $(VENV)/bin/riskserve datagen --rows 50000 --seed 0 --out data/payments.csv && \
+	  $(VENV)/bin/riskserve train --data data/payments.csv --target is_fraud --model fraud \
+	      --models $(MODELS) --spec python/riskserve/training/specs/fraud.json --seed 0 ; \
+	fi
+
+serve: demo-model
+	@echo ">> serving $(MODELS)/ on port $(PORT). In another terminal, score a transaction:"
+	@echo "   $(VENV)/bin/riskserve score --server localhost:$(PORT) --model fraud"
+	@echo "   $(VENV)/bin/riskserve score --server localhost:$(PORT) --model fraud --json '{\"amount\": 950.0, \"currency\": \"USD\", \"channel\": \"ecommerce\", \"card_present\": false, \"transaction_hour\": 3, \"new_device\": true}'"
+	$(VENV)/bin/riskserve serve --models $(MODELS) --port $(PORT)
+
+test: test-rust lint test-python
+
+test-rust:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace
+
+lint: $(VENV)/.built
+	$(VENV)/bin/ruff check python tests bench scripts
+	$(VENV)/bin/ruff format --check python tests bench scripts
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest riskserve._native --allowlist stubtest-allowlist.txt
+
+test-python: $(VENV)/.built
+	$(PY) -m pytest -q
+
+fmt:
+	cargo fmt --all
+	$(VENV)/bin/ruff format python tests bench scripts
+	$(VENV)/bin/ruff check --fix python tests bench scripts
+
+proto: $(VENV)/.deps
+	$(PY) scripts/gen_proto.py
+
+bench: $(VENV)/.built
+	$(PY) bench/transforms.py
+	bash bench/run_load.sh
+
+clean:
+	rm -rf $(VENV) target python/riskserve/*.so
