@@ -47,7 +47,7 @@ serve: demo-model
 
 test: test-rust lint test-python
 
-test-rust:
+test-rust: $(VENV)/.built
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace

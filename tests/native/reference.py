@@ -284,7 +284,9 @@ def _fit_step(step: dict[str, Any], x: np.ndarray) -> None:
         if step.get("mean") is None:
             step["mean"] = float(np.mean(x))
         if step.get("std") is None:
-            std = float(np.std(x))  # population (ddof 0)
+            # population std (ddof 0). A constant column has std exactly 0 even where
+            # floating-point summation would leave a ~1e-17 residue, so test for it directly.
+            std = 0.0 if x.size == 0 or x.min() == x.max() else float(np.std(x))
             step["std"] = 1.0 if std == 0.0 else std
     elif op == "bucketize":
         if step.get("edges") is None:

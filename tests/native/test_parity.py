@@ -358,13 +358,11 @@ def test_fit_edge_cases() -> None:
         "format": "riskserve.features/v1",
         "inputs": [
             {"name": "allmiss", "dtype": "float"},
-            {"name": "const", "dtype": "float"},
             {"name": "x", "dtype": "float"},
             {"name": "s", "dtype": "string"},
         ],
         "transforms": [
             {"type": "numeric", "input": "allmiss", "missing": {"strategy": "mean"}},
-            {"type": "numeric", "input": "const", "steps": [{"op": "standardize"}]},
             {
                 "type": "numeric",
                 "input": "x",
@@ -376,27 +374,47 @@ def test_fit_edge_cases() -> None:
     }
     columns = {
         "allmiss": np.array([np.nan, np.inf, -np.inf, np.nan] * 2),
-        "const": np.array([0.1, 0.1, 0.1, np.nan] * 2),
         "x": np.arange(1.0, 9.0),
         "s": ["b", "a", "a", "b", "c", None, "", "c"],
     }
     rust = _fit_both(template, columns)
     tr = rust["transforms"]
     assert tr[0]["missing"]["value"] == 0.0  # no present values -> 0
-    assert tr[1]["missing"]["value"] == pytest.approx(0.1)
-    assert tr[1]["steps"][0]["std"] == 1.0  # std 0 -> 1
-    assert tr[2]["steps"][0]["min"] == 6.25  # linear quantile 0.75 of 1..8
-    assert tr[2]["steps"][0].get("max") is None
+    assert tr[1]["steps"][0]["min"] == 6.25  # linear quantile 0.75 of 1..8
+    assert tr[1]["steps"][0].get("max") is None
     # quantiles 1/4, 2/4, 3/4 of [6.25 x6, 7, 8] = 6.25, 6.25, 6.4375 -> de-duplicated
-    assert tr[2]["steps"][1]["edges"] == [6.25, 6.4375]
-    assert tr[3]["vocabulary"] == ["a", "b"]  # 3-way tie at 2 -> byte order, capped at 2
-    assert tr[4]["vocabulary"] == ["a", "b", "c"]
-    assert rust["inputs"][3]["vocabulary"] == ["a", "b", "c"]
+    assert tr[1]["steps"][1]["edges"] == [6.25, 6.4375]
+    assert tr[2]["vocabulary"] == ["a", "b"]  # 3-way tie at 2 -> byte order, capped at 2
+    assert tr[3]["vocabulary"] == ["a", "b", "c"]
+    assert rust["inputs"][2]["vocabulary"] == ["a", "b", "c"]
 
     columns["s"] = ["é", "z", "é", "z", "a", None, "", ""]  # 'z' (0x7a) < 'é' (0xc3 0xa9)
     rust = _fit_both(template, columns)
+    assert rust["transforms"][2]["vocabulary"] == ["z", "é"]
     assert rust["transforms"][3]["vocabulary"] == ["z", "é"]
-    assert rust["transforms"][4]["vocabulary"] == ["z", "é"]
+
+
+@pytest.mark.parametrize(
+    ("n", "value"), [(8, 0.1), (3, 0.1), (10, 0.3), (N_ROWS, 0.1), (5, 5.0), (N_ROWS, 1.0)]
+)
+def test_fit_constant_column_std_is_one(n: int, value: float) -> None:
+    """A constant column has population std 0, which the doc says is replaced by 1.
+
+    Otherwise standardize divides by a rounding residue (~1e-17..1e-14) and any serving
+    value that differs from the training constant explodes to ~1e15 or f32::MAX.
+    """
+    template = {
+        "format": "riskserve.features/v1",
+        "inputs": [{"name": "c", "dtype": "float"}],
+        "transforms": [{"type": "numeric", "input": "c", "steps": [{"op": "standardize"}]}],
+    }
+    columns = {"c": np.full(n, value)}
+    assert reference_fit(template, columns)["transforms"][0]["steps"][0]["std"] == 1.0
+    fitted = json.loads(fit_spec(json.dumps(template), columns))
+    step = fitted["transforms"][0]["steps"][0]
+    assert step["std"] == 1.0, f"constant {value!r} x {n}: fitted std {step['std']!r}, expected 1.0"
+    out = FeaturePipeline(json.dumps(fitted)).transform({"c": np.array([value, value + 0.5])})
+    np.testing.assert_allclose(out.ravel(), [0.0, 0.5], rtol=0, atol=ATOL)
 
 
 # --------------------------------------------------------------------------- transform parity
@@ -537,6 +555,21 @@ def test_packed_bytes_roundtrip_in_reference() -> None:
     assert as_strings(pack_bytes_tensor(values)) == [b"a", None, None, "café".encode(), "日本".encode()]
 
 
+@pytest.mark.parametrize("period", [24.0, 2 * math.pi, 1.0, 0.5, 1e-3, 1e-300])
+def test_cyclical_output_finite_for_every_valid_period(period: float) -> None:
+    """Any period > 0 compiles, and sin/cos of a finite phase is in [-1, 1]: output must be
+    finite for every finite input (the doc: the model only ever sees finite values)."""
+    template = {
+        "format": "riskserve.features/v1",
+        "inputs": [{"name": "t", "dtype": "float"}],
+        "transforms": [{"type": "cyclical", "input": "t", "period": period}],
+    }
+    pipe = FeaturePipeline(fit_spec(json.dumps(template), {"t": np.array([0.0, 1.0])}))
+    x = np.array([0.0, 1.0, 1e7, 1e10, 1e30, 1e300, 1.7e308, -1.7e308, np.nan, np.inf])
+    out = pipe.transform({"t": x})
+    assert np.isfinite(out).all(), f"period {period}: non-finite rows for t={x[~np.isfinite(out).all(axis=1)]}"
+
+
 # --------------------------------------------------------------------------- hypothesis
 
 SPECIAL_FLOATS = [
@@ -675,6 +708,17 @@ INPUT_ERRORS = {
     "truncated packed prefix": ("channel", _set("channel", pack_bytes_tensor(["a", "b"]) + b"\x02\x00")),
     "non-string element": ("channel", _set("channel", ["pos", 3, None])),
 }
+
+
+@pytest.mark.parametrize(
+    "scalar", [np.float64(1.0), np.int64(1), np.bool_(True)], ids=["float64", "int64", "bool_"]
+)
+def test_numpy_scalar_is_shape_input_error(scalar: Any) -> None:
+    """A numpy scalar has shape (), which is not [batch] or [batch, 1]: InputError naming it."""
+    columns = _valid_small()
+    columns["hour"] = scalar
+    with pytest.raises(InputError, match="hour"):
+        pipeline().transform(columns)
 
 
 @pytest.mark.parametrize("case", list(INPUT_ERRORS))
