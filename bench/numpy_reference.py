@@ -178,10 +178,8 @@ def _transform_one(t: Mapping[str, Any], cols: Mapping[str, Any], n: int) -> lis
         h = (murmur3_32(s, int(t.get("seed", 0))) % np.uint32(buckets)).astype(np.float64)
         return [np.where(miss, float(buckets), h)]
     vocab = np.array([v.encode() for v in t["vocabulary"]], dtype=np.bytes_)
-    if vocab.size == 0:
-        eq = np.zeros((n, 0), dtype=bool)
-    else:
-        eq = s[:, None] == vocab[None, :]  # [rows, vocabulary]
+    # [rows, vocabulary] matches; a row matches at most one (vocabulary values are unique).
+    eq = s[:, None] == vocab[None, :] if vocab.size else np.zeros((n, 0), dtype=bool)
     seen = eq.any(axis=1)
     if kind == "one_hot":
         return [eq, ~seen & ~miss, miss]

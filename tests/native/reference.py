@@ -75,7 +75,11 @@ def as_strings(col: Column) -> list[bytes | None]:
     if isinstance(col, bytes | bytearray | memoryview):
         raw: list[Any] = list(unpack_bytes_tensor(col))
     else:
-        raw = list(np.asarray(col, dtype=object).reshape(-1)) if isinstance(col, np.ndarray) else list(col)
+        raw = (
+            list(np.asarray(col, dtype=object).reshape(-1))
+            if isinstance(col, np.ndarray)
+            else list(col)
+        )
     out: list[bytes | None] = []
     for v in raw:
         if v is None:
@@ -106,7 +110,9 @@ def _missing_block(t: Mapping[str, Any]) -> dict[str, Any]:
     return m
 
 
-def _raw_numeric(t: Mapping[str, Any], cols: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _raw_numeric(
+    t: Mapping[str, Any], cols: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """The transform's raw value and its 'present' mask (before imputation)."""
     if t["type"] == "ratio":
         num = cols[t["numerator"]]
@@ -143,14 +149,11 @@ def _apply_step(step: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
 
 
 def _cyclical(x: np.ndarray, period: float) -> tuple[np.ndarray, np.ndarray]:
-    # sin(2*pi*x/period). The doc does not fix the floating-point evaluation order; it
-    # only matters once the phase is so large that f64 carries no fractional turn
-    # (|x|/period > ~1e8), where any order is noise. The angular frequency
-    # 2*pi/period is computed once, which also keeps the phase finite for every finite
-    # x when period >= 2*pi (the literal left-to-right 2*pi*x overflows above ~2.9e307).
-    with np.errstate(over="ignore", invalid="ignore"):
-        phase = x * (TWO_PI / period)
-        return np.sin(phase), np.cos(phase)
+    # As documented: reduce x modulo period first (exact), then sin/cos of
+    # 2*pi*r/period, so huge values and tiny periods stay finite.
+    r = np.mod(x, period)
+    phase = r * (TWO_PI / period)
+    return np.sin(phase), np.cos(phase)
 
 
 def _to_f32(x: np.ndarray) -> np.ndarray:
@@ -268,9 +271,27 @@ def _fit_missing_value(m: dict[str, Any], values: np.ndarray) -> None:
     elif strategy == "median":
         m["value"] = float(np.quantile(values, 0.5))
     elif strategy == "mean":
-        m["value"] = float(np.mean(values))
+        m["value"] = _mean(values)
     else:
         raise ValueError(f"unknown missing strategy {strategy!r}")
+
+
+def _mean(x: np.ndarray) -> float:
+    """Mean with a correctly rounded sum (math.fsum): no cancellation or overflow."""
+    scale = float(np.max(np.abs(x)))
+    if scale == 0.0:
+        return 0.0
+    return scale * (math.fsum((x / scale).tolist()) / x.size)
+
+
+def _population_std(x: np.ndarray) -> float:
+    """Population std (ddof 0), computed on x / max|x| so squaring cannot overflow."""
+    scale = float(np.max(np.abs(x)))
+    if scale == 0.0:
+        return 0.0
+    y = x / scale
+    m = math.fsum(y.tolist()) / y.size
+    return scale * math.sqrt(math.fsum(((y - m) ** 2).tolist()) / y.size)
 
 
 def _fit_step(step: dict[str, Any], x: np.ndarray) -> None:
@@ -282,21 +303,20 @@ def _fit_step(step: dict[str, Any], x: np.ndarray) -> None:
                 step[bound] = float(np.quantile(x, float(q)))
     elif op == "standardize":
         if step.get("mean") is None:
-            step["mean"] = float(np.mean(x))
+            step["mean"] = _mean(x)
         if step.get("std") is None:
             # population std (ddof 0). A constant column has std exactly 0 even where
             # floating-point summation would leave a ~1e-17 residue, so test for it directly.
-            std = 0.0 if x.size == 0 or x.min() == x.max() else float(np.std(x))
+            std = 0.0 if x.size == 0 or x.min() == x.max() else _population_std(x)
             step["std"] = 1.0 if std == 0.0 else std
-    elif op == "bucketize":
-        if step.get("edges") is None:
-            q = int(step["quantiles"])
-            qs = np.quantile(x, [i / q for i in range(1, q)]) if q > 1 else np.array([])
-            edges: list[float] = []
-            for e in qs.tolist():
-                if not edges or e != edges[-1]:
-                    edges.append(float(e))
-            step["edges"] = edges
+    elif op == "bucketize" and step.get("edges") is None:
+        q = int(step["quantiles"])
+        qs = np.quantile(x, [i / q for i in range(1, q)]) if q > 1 else np.array([])
+        edges: list[float] = []
+        for e in qs.tolist():  # quantiles i/q, i = 1..q-1, de-duplicated
+            if not edges or e != edges[-1]:
+                edges.append(float(e))
+        step["edges"] = edges
 
 
 def _ranked_vocabulary(values: list[bytes | None], min_count: int, cap: int) -> list[str]:

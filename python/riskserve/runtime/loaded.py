@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from riskserve._native import FeaturePipeline, SpecError
+from riskserve._native import DriftMonitor, FeaturePipeline, SpecError
 from riskserve.errors import IntegrityError
 from riskserve.registry import Manifest, ModelRepository, VersionRef
 from riskserve.runtime.runtimes import LightGBMRuntime, ModelRuntime, OnnxRuntime, Scores
@@ -35,6 +35,8 @@ class LoadedModel:
     pipeline: FeaturePipeline
     runtime: ModelRuntime
     inputs: tuple[InputInfo, ...]
+    #: Per-bin input and score counts; None when the spec has no drift reference.
+    drift: DriftMonitor | None = None
 
     @property
     def platform(self) -> str:
@@ -47,8 +49,11 @@ class LoadedModel:
     def score(self, columns: Mapping[str, Any]) -> Scores:
         """Raw columns → P(fraud) per row. Runs numeric work with the GIL released;
         call it from a worker thread, not the event loop."""
-        features = self.pipeline.transform(dict(columns))
-        return self.runtime.predict(features)
+        features = self.pipeline.transform(dict(columns), self.drift)
+        scores = self.runtime.predict(features)
+        if self.drift is not None:
+            self.drift.observe_scores(scores.astype(np.float64))
+        return scores
 
     def warm_up(self) -> None:
         """Scores one all-missing row so the first real request pays no lazy setup."""
@@ -62,18 +67,28 @@ class LoadedModel:
                 row[i.name] = np.zeros(1, dtype=np.int64)
             else:
                 row[i.name] = np.full(1, np.nan)
-        out = self.score(row)
+        features = self.pipeline.transform(row)  # not counted as traffic
+        out = self.runtime.predict(features)
         if out.shape != (1,) or not np.isfinite(out).all():
             raise IntegrityError(f"{self.name}/{self.version}: warm-up produced {out!r}")
 
 
-def load_version(repo: ModelRepository, ref: VersionRef, onnx_threads: int = 1) -> LoadedModel:
+def load_version(
+    repo: ModelRepository,
+    ref: VersionRef,
+    onnx_threads: int = 1,
+    drift_slots: int = 60,
+    drift_slot_seconds: int = 60,
+) -> LoadedModel:
     """Verifies, compiles, loads and warms up one version; raises IntegrityError
     naming the file on any failure."""
     manifest = repo.verify(ref)
     spec_path = ref.path / "features.json"
+    spec_json = spec_path.read_text()
     try:
-        pipeline = FeaturePipeline(spec_path.read_text())
+        pipeline = FeaturePipeline(spec_json)
+        has_reference = json.loads(spec_json).get("reference") is not None
+        drift = DriftMonitor(spec_json, drift_slots, drift_slot_seconds) if has_reference else None
     except SpecError as e:
         raise IntegrityError(f"{spec_path}: {e}") from None
     n = pipeline.n_features
@@ -86,7 +101,7 @@ def load_version(repo: ModelRepository, ref: VersionRef, onnx_threads: int = 1) 
     except Exception as e:  # the libraries raise their own types
         raise IntegrityError(f"{ref.path}: model does not load: {e}") from None
     inputs = tuple(InputInfo(name, dtype, V2_DATATYPE[dtype]) for name, dtype in pipeline.inputs)
-    model = LoadedModel(ref.name, ref.version, manifest, pipeline, runtime, inputs)
+    model = LoadedModel(ref.name, ref.version, manifest, pipeline, runtime, inputs, drift)
     model.warm_up()
     return model
 

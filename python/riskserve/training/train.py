@@ -19,7 +19,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 import riskserve
-from riskserve._native import FeaturePipeline, fit_spec
+from riskserve._native import FeaturePipeline, fit_reference, fit_spec
 from riskserve.registry import ModelRepository, VersionRef
 from riskserve.runtime.loaded import spec_hash
 from riskserve.training.datagen import fingerprint, read_table
@@ -246,6 +246,10 @@ def train(cfg: TrainConfig, progress: Progress = lambda _m: None) -> TrainResult
         f"{metrics['recall']:.3f} at threshold {cfg.threshold}"
     )
 
+    progress("fitting drift reference bins (training inputs, holdout scores)")
+    spec_json = fit_reference(
+        spec_json, columns_of(train_tab, names), np.asarray(p_hold, dtype=np.float64)
+    )
     files: dict[str, bytes] = {"model.txt": model_txt, "features.json": spec_json.encode()}
     if cfg.model_format == "onnx":
         progress("converting to ONNX")

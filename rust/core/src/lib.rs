@@ -10,6 +10,7 @@
 //!   (later) sticky traffic assignment.
 
 pub mod column;
+pub mod drift;
 pub mod error;
 pub mod fit;
 pub mod hash;

@@ -51,6 +51,7 @@ enum Kernel {
         input: usize,
         fill: Fill,
         omega: f64,
+        period: f64,
     },
     OneHot {
         input: usize,
@@ -261,6 +262,7 @@ impl FeaturePipeline {
                     input: idx(input),
                     fill: resolve_fill(&l, missing)?,
                     omega: std::f64::consts::TAU / period,
+                    period: *period,
                 },
                 Transform::OneHot {
                     input, vocabulary, ..
@@ -372,11 +374,18 @@ impl FeaturePipeline {
                         (y != 0.0 && q.is_finite()).then_some(q)
                     });
                 }
-                Kernel::Cyclical { input, fill, omega } => {
+                Kernel::Cyclical {
+                    input,
+                    fill,
+                    omega,
+                    period,
+                } => {
                     let col = &cols[*input];
                     for r in 0..rows {
                         let v = col.number(r);
-                        let x = v.unwrap_or(fill.value) * omega;
+                        // Reduce to one period first (exact), so huge inputs and
+                        // tiny periods still give a finite, meaningful angle.
+                        let x = v.unwrap_or(fill.value).rem_euclid(*period) * omega;
                         let row = &mut out[r * n + off..];
                         row[0] = x.sin() as f32;
                         row[1] = x.cos() as f32;

@@ -23,15 +23,58 @@ pub(crate) fn sorted(values: &[f64]) -> Vec<f64> {
     v
 }
 
-pub(crate) fn mean(values: &[f64]) -> Option<f64> {
-    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+/// Neumaier-compensated sum: no cancellation error worth the name.
+fn compensated_sum(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut sum, mut comp) = (0.0f64, 0.0f64);
+    for v in values {
+        let t = sum + v;
+        if sum.abs() >= v.abs() {
+            comp += (sum - t) + v;
+        } else {
+            comp += (v - t) + sum;
+        }
+        sum = t;
+    }
+    sum + comp
 }
 
-/// Population standard deviation (numpy's ddof=0).
+/// A power of two near max|v|: dividing by it is exact and keeps squares and sums
+/// of huge or tiny values inside f64's range.
+fn pow2_scale(values: impl Iterator<Item = f64>) -> f64 {
+    let max = values.fold(0.0f64, |m, v| m.max(v.abs()));
+    if max == 0.0 || !max.is_finite() {
+        return 1.0;
+    }
+    2f64.powi(max.log2().floor() as i32)
+}
+
+/// Mean with a compensated, rescaled sum (no overflow, no cancellation).
+pub(crate) fn mean(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let s = pow2_scale(values.iter().copied());
+    Some(s * (compensated_sum(values.iter().map(|v| v / s)) / values.len() as f64))
+}
+
+/// Population standard deviation (numpy's ddof=0), exactly 0 for a constant
+/// column, rescaled so squares neither overflow nor underflow.
 pub(crate) fn std(values: &[f64]) -> Option<f64> {
     let m = mean(values)?;
-    let var = values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / values.len() as f64;
-    Some(var.sqrt())
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    if lo == hi {
+        return Some(0.0);
+    }
+    let s = pow2_scale(values.iter().map(|v| v - m));
+    let ss = compensated_sum(values.iter().map(|v| {
+        let d = (v - m) / s;
+        d * d
+    }));
+    Some(s * (ss / values.len() as f64).sqrt())
 }
 
 #[cfg(test)]
@@ -48,5 +91,11 @@ mod tests {
         assert!((quantile_sorted(&s, 0.9).unwrap() - 7.9).abs() < 1e-12);
         assert_eq!(quantile_sorted(&[], 0.5), None);
         assert_eq!(std(&[1.0, 3.0]), Some(1.0));
+        assert_eq!(std(&[0.1; 8]), Some(0.0));
+        assert_eq!(mean(&[1.0, 1e30, -1e30]), Some(1.0 / 3.0));
+        let big = std(&[2e299, 8e299]).unwrap();
+        assert!((big / 3e299 - 1.0).abs() < 1e-12);
+        let tiny = std(&[1e-200, 4e-200]).unwrap();
+        assert!((tiny / 1.5e-200 - 1.0).abs() < 1e-12);
     }
 }

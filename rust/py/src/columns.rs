@@ -104,7 +104,17 @@ fn hold_array<'py>(name: &str, value: &Bound<'py, PyAny>) -> PyResult<Held<'py>>
 fn hold_strings<'py>(name: &str, value: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
     let mut data = Vec::new();
     let mut spans = Vec::new();
-    for (row, item) in value.try_iter()?.enumerate() {
+    let items = value.try_iter().map_err(|_| {
+        input_error(format!(
+            "input '{name}' must be an array or a sequence of values, got a single {}",
+            value
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    for (row, item) in items.enumerate() {
         let item = item?;
         if item.is_none() {
             spans.push(None);
@@ -122,7 +132,8 @@ fn hold_strings<'py>(name: &str, value: &Bound<'py, PyAny>) -> PyResult<Held<'py
             data.extend_from_slice(b.as_bytes());
         } else {
             return Err(input_error(format!(
-                "input '{name}' row {row}: expected str, bytes or None, got {}",
+                "input '{name}' row {row}: expected str, bytes or None, got {} (numeric \
+                 columns must be numpy arrays)",
                 item.get_type().name()?
             )));
         }

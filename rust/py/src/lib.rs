@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 
 mod bytes;
 mod columns;
+mod drift;
 mod error;
 mod gil;
 mod hash;
@@ -18,6 +19,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SpecError", py.get_type::<error::SpecError>())?;
     m.add("InputError", py.get_type::<error::InputError>())?;
     m.add_class::<pipeline::FeaturePipeline>()?;
+    m.add_class::<drift::DriftMonitor>()?;
+    m.add_function(wrap_pyfunction!(drift::fit_reference, m)?)?;
     m.add_function(wrap_pyfunction!(pipeline::fit_spec, m)?)?;
     m.add_function(wrap_pyfunction!(hash::murmur3_32, m)?)?;
     m.add_function(wrap_pyfunction!(bytes::packed_count, m)?)?;

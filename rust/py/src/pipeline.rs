@@ -5,7 +5,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use riskserve_core::{fit, FeatureSpec};
 
+use pyo3::exceptions::PyValueError;
+
 use crate::columns::hold;
+use crate::drift::DriftMonitor;
 use crate::error::NativeError;
 use crate::gil::without_gil;
 
@@ -52,20 +55,36 @@ impl FeaturePipeline {
     }
 
     /// Transforms a batch of named raw columns into a float32 [rows, n_features]
-    /// matrix. Raises InputError naming the offending input.
+    /// matrix. Raises InputError naming the offending input. With `drift`, the
+    /// raw inputs are also counted by that monitor in the same GIL-free section
+    /// (only once the whole batch has been validated and transformed).
+    #[pyo3(signature = (columns, drift = None, now = None))]
     fn transform<'py>(
         &self,
         py: Python<'py>,
         columns: &Bound<'py, PyDict>,
+        drift: Option<PyRef<'py, DriftMonitor>>,
+        now: Option<u64>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        if let Some(d) = &drift {
+            if !d.same_inputs(&self.inner) {
+                return Err(PyValueError::new_err(
+                    "the drift monitor was built for a spec with other inputs",
+                ));
+            }
+        }
         let held = hold(columns)?;
         let views = held.views();
         let n = self.inner.n_features();
         let inner = &self.inner;
+        let monitor = drift.as_ref().map(|d| &d.inner);
         let (out, rows) = without_gil(py, || {
             let (cols, rows) = inner.bind(&views)?;
             let mut out = vec![0f32; rows * n];
             inner.transform_bound(&cols, rows, &mut out)?;
+            if let Some(m) = monitor {
+                m.observe(&cols, rows, &[], now);
+            }
             Ok::<_, riskserve_core::Error>((out, rows))
         })
         .map_err(NativeError)?;

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Load test riskserve on this machine: server pinned to core 0, generator to core 1.
+#
+#   bench/run_load.sh
+#
+# Environment (defaults): PORT=18101 CONCURRENCY="1 8" DURATION=15 WARMUP=3 ROWS=1
+#   SERVER_CORE=0 CLIENT_CORE=1 LOAD_ARGS="" (extra bench/load.py flags)
+#
+# 1. If bench/results/models/fraud is absent: datagen 50k rows, train "fraud" with
+#    python/riskserve/training/specs/fraud.json, 300 rounds, into bench/results/models.
+# 2. Starts `riskserve serve` on 127.0.0.1:$PORT under `taskset -c $SERVER_CORE`, waits for
+#    ServerReady.
+# 3. Runs bench/load.py under `taskset -c $CLIENT_CORE` for each concurrency, writing
+#    bench/results/load-c<C>.json and .png (the server's CPU use is added to the JSON).
+# 4. Stops the server (SIGTERM, graceful drain), also on failure or Ctrl-C.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+RISKSERVE=.venv/bin/riskserve
+RESULTS=bench/results
+MODELS=$RESULTS/models
+DATA=$RESULTS/data/fraud-50k.parquet
+PORT=${PORT:-18101}
+CONCURRENCY=${CONCURRENCY:-"1 8"}
+DURATION=${DURATION:-15}
+WARMUP=${WARMUP:-3}
+ROWS=${ROWS:-1}
+SERVER_CORE=${SERVER_CORE:-0}
+CLIENT_CORE=${CLIENT_CORE:-1}
+LOAD_ARGS=${LOAD_ARGS:-}
+
+mkdir -p "$RESULTS"
+
+if [ ! -d "$MODELS/fraud" ]; then
+    if [ ! -f "$DATA" ]; then
+        echo "== datagen 50000 rows -> $DATA"
+        "$RISKSERVE" datagen --rows 50000 --seed 0 --out "$DATA"
+    fi
+    echo "== train fraud (fraud spec, 300 rounds) -> $MODELS"
+    "$RISKSERVE" train --data "$DATA" --target is_fraud --model fraud --models "$MODELS" \
+        --spec python/riskserve/training/specs/fraud.json --rounds 300 --seed 0
+fi
+
+SERVER_LOG=$RESULTS/server.log
+echo "== serve $MODELS on 127.0.0.1:$PORT (core $SERVER_CORE), log $SERVER_LOG"
+taskset -c "$SERVER_CORE" "$RISKSERVE" serve --models "$MODELS" --host 127.0.0.1 \
+    --port "$PORT" >"$SERVER_LOG" 2>&1 &
+SERVER_PID=$!
+
+stop_server() {
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "== stopping server (pid $SERVER_PID)"
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+}
+trap stop_server EXIT INT TERM
+
+# Poll ServerReady until it answers ready=true (or the server exits / 60 s pass).
+"$PY" - "$PORT" "$SERVER_PID" <<'EOF'
+import os, sys, time
+import grpc
+from riskserve.pb.inference import grpc_service_pb2 as pb
+from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
+
+port, pid = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 60
+with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    stub = pb_grpc.GRPCInferenceServiceStub(ch)
+    while True:
+        try:
+            if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
+                break
+        except grpc.RpcError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            sys.exit("server exited before it was ready; see bench/results/server.log")
+        if time.monotonic() > deadline:
+            sys.exit("server not ready after 60 s")
+        time.sleep(0.2)
+print("server ready")
+EOF
+
+# Server CPU seconds (user + system, all threads) from /proc.
+server_cpu() {
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f\n", ($14 + $15) / hz }' "/proc/$SERVER_PID/stat"
+}
+
+for C in $CONCURRENCY; do
+    OUT=$RESULTS/load-c$C.json
+    echo "== load: concurrency $C, warm-up ${WARMUP}s, ${DURATION}s measured (core $CLIENT_CORE)"
+    CPU0=$(server_cpu)
+    T0=$(date +%s.%N)
+    # shellcheck disable=SC2086  # LOAD_ARGS is a list of flags
+    taskset -c "$CLIENT_CORE" "$PY" bench/load.py --target "127.0.0.1:$PORT" --model fraud \
+        --concurrency "$C" --duration "$DURATION" --warmup "$WARMUP" --rows "$ROWS" \
+        --out "$OUT" --png "$RESULTS/load-c$C.png" $LOAD_ARGS
+    CPU1=$(server_cpu)
+    T1=$(date +%s.%N)
+    # Server CPU over the whole load.py run (setup + warm-up + measurement).
+    "$PY" - "$OUT" "$CPU0" "$CPU1" "$T0" "$T1" <<'EOF'
+import json, sys
+path, c0, c1, t0, t1 = sys.argv[1], *map(float, sys.argv[2:])
+doc = json.load(open(path))
+doc["server_cpu"] = {"seconds": c1 - c0, "wall_seconds": t1 - t0,
+                     "cores_busy": (c1 - c0) / (t1 - t0), "core": "pinned to one core"}
+open(path, "w").write(json.dumps(doc, indent=2) + "\n")
+print(f"server CPU over the run: {(c1 - c0) / (t1 - t0):.0%} of a core")
+EOF
+done

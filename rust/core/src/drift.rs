@@ -1,0 +1,521 @@
+//! Drift: reference bins fitted at training time, exact streaming per-bin counts
+//! (atomics, no lock on the hot path), a sliding window as a ring of sub-windows,
+//! and PSI against the reference shares.
+//!
+//! Bin rule: a numeric field with edges `e_1 < … < e_k` has bins
+//! `(-inf, e_1), [e_1, e_2), …, [e_k, +inf)` (bin index = number of edges ≤ x,
+//! i.e. `numpy.searchsorted(edges, x, side="right")`), then one `missing` bin for
+//! NaN/±inf. A categorical field has one bin per reference value, then
+//! `__unseen__`, then `__missing__` (null or empty string).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::column::{bind_columns, Column};
+use crate::error::{Error, Result};
+use crate::spec::{DType, FeatureSpec};
+use crate::stats;
+
+/// Name of the model score among the drift fields.
+pub const SCORE_FIELD: &str = "__score__";
+/// Shares are floored at this value before PSI (empty bins would be infinite).
+pub const SHARE_FLOOR: f64 = 1e-4;
+
+/// How a field is binned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Bins {
+    Numeric { edges: Vec<f64> },
+    Categorical { values: Vec<String> },
+}
+
+impl Bins {
+    /// Number of bins including the unseen/missing ones.
+    pub fn len(&self) -> usize {
+        match self {
+            Bins::Numeric { edges } => edges.len() + 2,
+            Bins::Categorical { values } => values.len() + 2,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Human-readable bin labels (used as the Prometheus `bin` label).
+    pub fn labels(&self) -> Vec<String> {
+        match self {
+            Bins::Numeric { edges } => {
+                let mut out = Vec::with_capacity(edges.len() + 2);
+                let mut lo = "-inf".to_owned();
+                for e in edges {
+                    let hi = format!("{e}");
+                    out.push(format!("[{lo},{hi})"));
+                    lo = hi;
+                }
+                out.push(format!("[{lo},+inf)"));
+                out.push("missing".to_owned());
+                out
+            }
+            Bins::Categorical { values } => {
+                let mut out = values.clone();
+                out.push("__unseen__".to_owned());
+                out.push("__missing__".to_owned());
+                out
+            }
+        }
+    }
+}
+
+/// Reference distribution of one field. (No deny_unknown_fields: serde does not
+/// support it together with `flatten`.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldReference {
+    pub name: String,
+    #[serde(flatten)]
+    pub bins: Bins,
+    /// Share of reference rows per bin, in bin order; sums to 1.
+    pub shares: Vec<f64>,
+}
+
+/// The reference stored in `features.json`: every raw input plus the score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    pub rule: String,
+    pub rows: u64,
+    pub score_rows: u64,
+    pub fields: Vec<FieldReference>,
+    pub score: FieldReference,
+}
+
+pub const BIN_RULE: &str =
+    "numeric: bin = count of edges <= x, i.e. [e(i-1), e(i)) with -inf/+inf \
+ends, then 'missing' (NaN, +-inf); categorical: one bin per value, then '__unseen__', then \
+'__missing__' (null or empty)";
+
+fn numeric_edges(values: &[f64], quantiles: usize) -> Vec<f64> {
+    let s = stats::sorted(values);
+    let mut e: Vec<f64> = (1..quantiles)
+        .filter_map(|i| stats::quantile_sorted(&s, i as f64 / quantiles as f64))
+        .collect();
+    e.dedup();
+    e
+}
+
+enum Binner {
+    Numeric(Vec<f64>),
+    Categorical(HashMap<Vec<u8>, usize>, usize),
+}
+
+impl Binner {
+    fn new(bins: &Bins) -> Self {
+        match bins {
+            Bins::Numeric { edges } => Binner::Numeric(edges.clone()),
+            Bins::Categorical { values } => Binner::Categorical(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (v.as_bytes().to_vec(), i))
+                    .collect(),
+                values.len(),
+            ),
+        }
+    }
+
+    #[inline]
+    fn bin_number(edges: &[f64], v: Option<f64>) -> usize {
+        match v {
+            Some(x) => edges.partition_point(|&e| e <= x),
+            None => edges.len() + 1,
+        }
+    }
+
+    /// Bin of row `r` of `col`.
+    #[inline]
+    fn bin(&self, col: &Column<'_>, r: usize) -> usize {
+        match (self, col) {
+            (Binner::Numeric(edges), c) => Self::bin_number(edges, c.number(r)),
+            (Binner::Categorical(map, k), Column::Str(s)) => match s.get(r) {
+                None => k + 1,
+                Some(b) => map.get(b).copied().unwrap_or(*k),
+            },
+            (Binner::Categorical(_, k), _) => k + 1,
+        }
+    }
+}
+
+/// Fits reference bins and shares: deciles (or `quantiles`) of present values for
+/// numeric inputs, the `max_categories` most frequent values for categorical
+/// inputs, deciles of `scores` for the score.
+pub fn fit_reference(
+    spec: &FeatureSpec,
+    columns: &[(&str, Column<'_>)],
+    scores: &[f64],
+    quantiles: usize,
+    max_categories: usize,
+) -> Result<Reference> {
+    let index = |n: &str| spec.inputs.iter().position(|i| i.name == n);
+    let (cols, rows) = bind_columns(&spec.inputs, columns, true, index)?;
+    let mut fields = Vec::with_capacity(spec.inputs.len());
+    for (inp, col) in spec.inputs.iter().zip(&cols) {
+        let bins = if inp.dtype == DType::String {
+            let mut counts: HashMap<&[u8], u64> = HashMap::new();
+            if let Column::Str(s) = col {
+                for r in 0..rows {
+                    if let Some(b) = s.get(r) {
+                        if std::str::from_utf8(b).is_ok() {
+                            *counts.entry(b).or_insert(0) += 1;
+                        }
+                    }
+                }
+            }
+            let mut pairs: Vec<(&[u8], u64)> = counts.into_iter().collect();
+            pairs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+            pairs.truncate(max_categories);
+            Bins::Categorical {
+                values: pairs
+                    .into_iter()
+                    .map(|(b, _)| String::from_utf8_lossy(b).into_owned())
+                    .collect(),
+            }
+        } else {
+            let present: Vec<f64> = (0..rows).filter_map(|r| col.number(r)).collect();
+            Bins::Numeric {
+                edges: numeric_edges(&present, quantiles),
+            }
+        };
+        let binner = Binner::new(&bins);
+        let mut counts = vec![0u64; bins.len()];
+        for r in 0..rows {
+            counts[binner.bin(col, r)] += 1;
+        }
+        fields.push(FieldReference {
+            name: inp.name.clone(),
+            shares: shares(&counts),
+            bins,
+        });
+    }
+    let present: Vec<f64> = scores.iter().copied().filter(|s| s.is_finite()).collect();
+    let bins = Bins::Numeric {
+        edges: numeric_edges(&present, quantiles),
+    };
+    let binner = Binner::new(&bins);
+    let mut counts = vec![0u64; bins.len()];
+    let col = Column::F64(scores);
+    for r in 0..scores.len() {
+        counts[binner.bin(&col, r)] += 1;
+    }
+    Ok(Reference {
+        rule: BIN_RULE.to_owned(),
+        rows: rows as u64,
+        score_rows: scores.len() as u64,
+        fields,
+        score: FieldReference {
+            name: SCORE_FIELD.to_owned(),
+            shares: shares(&counts),
+            bins,
+        },
+    })
+}
+
+fn shares(counts: &[u64]) -> Vec<f64> {
+    let total: u64 = counts.iter().sum();
+    counts
+        .iter()
+        .map(|&c| {
+            if total == 0 {
+                0.0
+            } else {
+                c as f64 / total as f64
+            }
+        })
+        .collect()
+}
+
+/// PSI = Σ (a − e)·ln(a / e) over bins, both shares floored at [`SHARE_FLOOR`].
+pub fn psi(counts: &[u64], reference: &[f64]) -> f64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    counts
+        .iter()
+        .zip(reference)
+        .map(|(&c, &e)| {
+            let a = (c as f64 / total as f64).max(SHARE_FLOOR);
+            let e = e.max(SHARE_FLOOR);
+            (a - e) * (a / e).ln()
+        })
+        .sum()
+}
+
+/// Window configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct DriftConfig {
+    /// Number of sub-windows in the ring.
+    pub slots: usize,
+    /// Length of one sub-window, seconds.
+    pub slot_seconds: u64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            slots: 60,
+            slot_seconds: 60,
+        }
+    }
+}
+
+struct Ring {
+    /// Absolute slot number each ring position currently holds.
+    epochs: Vec<AtomicU64>,
+    counts: Vec<AtomicU64>,
+}
+
+/// Which counts to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Since the monitor was created (the version went live).
+    Cumulative,
+    /// The sliding window: the last `slots × slot_seconds` seconds.
+    Sliding,
+}
+
+/// Streaming per-bin counters for every input field and the score.
+pub struct DriftMonitor {
+    reference: Reference,
+    binners: Vec<Binner>,
+    /// Offset of each field's bins in the flat counter arrays; the score is last.
+    offsets: Vec<usize>,
+    total_bins: usize,
+    input_names: Vec<String>,
+    cumulative: Vec<AtomicU64>,
+    ring: RwLock<Ring>,
+    config: DriftConfig,
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl DriftMonitor {
+    /// Builds a monitor for a spec whose `reference` is fitted.
+    pub fn new(spec: &FeatureSpec, config: DriftConfig) -> Result<Self> {
+        let value = spec
+            .reference
+            .clone()
+            .ok_or_else(|| Error::Spec("the feature spec has no drift reference".into()))?;
+        let reference: Reference = serde_json::from_value(value)
+            .map_err(|e| Error::Spec(format!("drift reference: {e}")))?;
+        if config.slots == 0 || config.slot_seconds == 0 {
+            return Err(Error::Spec("drift window needs ≥ 1 slot of ≥ 1 s".into()));
+        }
+        if reference.fields.len() != spec.inputs.len()
+            || reference
+                .fields
+                .iter()
+                .zip(&spec.inputs)
+                .any(|(f, i)| f.name != i.name)
+        {
+            return Err(Error::Spec(
+                "drift reference fields do not match the spec's inputs".into(),
+            ));
+        }
+        let mut offsets = Vec::with_capacity(reference.fields.len() + 1);
+        let mut binners = Vec::with_capacity(reference.fields.len() + 1);
+        let mut total = 0;
+        for f in reference
+            .fields
+            .iter()
+            .chain(std::iter::once(&reference.score))
+        {
+            if f.shares.len() != f.bins.len() {
+                return Err(Error::Spec(format!(
+                    "drift reference '{}': {} shares for {} bins",
+                    f.name,
+                    f.shares.len(),
+                    f.bins.len()
+                )));
+            }
+            if let Bins::Numeric { edges } = &f.bins {
+                if edges.iter().any(|e| !e.is_finite()) || edges.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(Error::Spec(format!(
+                        "drift reference '{}': edges must be finite and increasing",
+                        f.name
+                    )));
+                }
+            }
+            offsets.push(total);
+            binners.push(Binner::new(&f.bins));
+            total += f.bins.len();
+        }
+        let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
+        let ring = Ring {
+            epochs: (0..config.slots)
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect(),
+            counts: zeros(config.slots * total),
+        };
+        Ok(Self {
+            input_names: spec.inputs.iter().map(|i| i.name.clone()).collect(),
+            reference,
+            binners,
+            offsets,
+            total_bins: total,
+            cumulative: zeros(total),
+            ring: RwLock::new(ring),
+            config,
+        })
+    }
+
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    pub fn input_names(&self) -> &[String] {
+        &self.input_names
+    }
+
+    /// Every field's reference, the score last.
+    pub fn fields(&self) -> impl Iterator<Item = &FieldReference> {
+        self.reference
+            .fields
+            .iter()
+            .chain(std::iter::once(&self.reference.score))
+    }
+
+    /// Minimum observations before a field's PSI is reported: max(200, 20 × bins).
+    pub fn min_count(&self, field: usize) -> u64 {
+        let bins = self
+            .offsets
+            .get(field + 1)
+            .copied()
+            .unwrap_or(self.total_bins)
+            - self.offsets[field];
+        (20 * bins as u64).max(200)
+    }
+
+    /// Counts one batch: `cols` bound in spec input order (as
+    /// [`crate::FeaturePipeline::bind`] returns them) and the scores (may be
+    /// empty when only inputs are observed).
+    pub fn observe(&self, cols: &[Column<'_>], rows: usize, scores: &[f64], now: Option<u64>) {
+        let now = now.unwrap_or_else(now_seconds);
+        let slot_no = now / self.config.slot_seconds;
+        let pos = (slot_no % self.config.slots as u64) as usize;
+        // Tally the batch locally, then one atomic add per touched bin.
+        let mut local = vec![0u64; self.total_bins];
+        for (f, col) in cols.iter().enumerate().take(self.reference.fields.len()) {
+            let (b, off) = (&self.binners[f], self.offsets[f]);
+            for r in 0..rows {
+                local[off + b.bin(col, r)] += 1;
+            }
+        }
+        if !scores.is_empty() {
+            let f = self.reference.fields.len();
+            let (b, off) = (&self.binners[f], self.offsets[f]);
+            let col = Column::F64(scores);
+            for r in 0..scores.len() {
+                local[off + b.bin(&col, r)] += 1;
+            }
+        }
+        self.add(&local, slot_no, pos);
+    }
+
+    fn add(&self, local: &[u64], slot_no: u64, pos: usize) {
+        for (c, &n) in self.cumulative.iter().zip(local) {
+            if n != 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        let base = pos * self.total_bins;
+        {
+            let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+            if ring.epochs[pos].load(Ordering::Acquire) == slot_no {
+                for (c, &n) in ring.counts[base..base + self.total_bins].iter().zip(local) {
+                    if n != 0 {
+                        c.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+                return;
+            }
+        }
+        // A new sub-window: reset that ring slot under the write lock (rare).
+        let ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
+        let epoch = ring.epochs[pos].load(Ordering::Acquire);
+        if epoch != slot_no {
+            if epoch != u64::MAX && epoch > slot_no {
+                // The clock went backwards past this slot: count only cumulatively.
+                return;
+            }
+            for c in &ring.counts[base..base + self.total_bins] {
+                c.store(0, Ordering::Relaxed);
+            }
+            ring.epochs[pos].store(slot_no, Ordering::Release);
+        }
+        for (c, &n) in ring.counts[base..base + self.total_bins].iter().zip(local) {
+            if n != 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Flat per-bin counts (fields in order, the score last).
+    pub fn counts(&self, window: Window, now: Option<u64>) -> Vec<u64> {
+        match window {
+            Window::Cumulative => self
+                .cumulative
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            Window::Sliding => {
+                let now = now.unwrap_or_else(now_seconds) / self.config.slot_seconds;
+                let oldest = now.saturating_sub(self.config.slots as u64 - 1);
+                let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+                let mut out = vec![0u64; self.total_bins];
+                for (pos, epoch) in ring.epochs.iter().enumerate() {
+                    let e = epoch.load(Ordering::Acquire);
+                    if e == u64::MAX || e < oldest || e > now {
+                        continue;
+                    }
+                    let base = pos * self.total_bins;
+                    for (o, c) in out
+                        .iter_mut()
+                        .zip(&ring.counts[base..base + self.total_bins])
+                    {
+                        *o += c.load(Ordering::Relaxed);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Per field (score last): (observations, PSI or None below the minimum count).
+    pub fn psi(&self, window: Window, now: Option<u64>) -> Vec<(u64, Option<f64>)> {
+        let counts = self.counts(window, now);
+        self.fields()
+            .enumerate()
+            .map(|(i, f)| {
+                let off = self.offsets[i];
+                let c = &counts[off..off + f.bins.len()];
+                let n: u64 = c.iter().sum();
+                let value = (n >= self.min_count(i)).then(|| psi(c, &f.shares));
+                (n, value)
+            })
+            .collect()
+    }
+
+    /// Offsets of each field's bins in [`DriftMonitor::counts`].
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+}

@@ -1,0 +1,170 @@
+//! `DriftMonitor` and `fit_reference`.
+
+use numpy::{PyArray1, PyReadonlyArray1};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use riskserve_core::drift::{self, DriftConfig, Window};
+use riskserve_core::{Column, FeaturePipeline as CorePipeline, FeatureSpec};
+
+use crate::columns::hold;
+use crate::error::NativeError;
+use crate::gil::without_gil;
+
+fn window(name: &str) -> PyResult<Window> {
+    match name {
+        "cumulative" => Ok(Window::Cumulative),
+        "sliding" | "window" => Ok(Window::Sliding),
+        other => Err(PyValueError::new_err(format!(
+            "window must be 'cumulative' or 'sliding', not {other:?}"
+        ))),
+    }
+}
+
+/// Exact streaming per-bin counts of every raw input and the score, with PSI
+/// against the reference in the spec. Thread-safe; counting takes no lock.
+#[pyclass(module = "riskserve._native", frozen)]
+pub struct DriftMonitor {
+    pub(crate) inner: drift::DriftMonitor,
+    pipeline: CorePipeline,
+}
+
+#[pymethods]
+impl DriftMonitor {
+    #[new]
+    #[pyo3(signature = (spec_json, slots = 60, slot_seconds = 60))]
+    fn new(spec_json: &str, slots: usize, slot_seconds: u64) -> PyResult<Self> {
+        let spec = FeatureSpec::from_json(spec_json).map_err(NativeError)?;
+        let inner = drift::DriftMonitor::new(
+            &spec,
+            DriftConfig {
+                slots,
+                slot_seconds,
+            },
+        )
+        .map_err(NativeError)?;
+        let pipeline = CorePipeline::compile(spec).map_err(NativeError)?;
+        Ok(Self { inner, pipeline })
+    }
+
+    /// (name, bin labels, reference shares) per field, the score (`__score__`) last.
+    #[getter]
+    fn fields(&self) -> Vec<(String, Vec<String>, Vec<f64>)> {
+        self.inner
+            .fields()
+            .map(|f| (f.name.clone(), f.bins.labels(), f.shares.clone()))
+            .collect()
+    }
+
+    /// Minimum observations before field `i`'s PSI is reported.
+    fn min_count(&self, i: usize) -> PyResult<u64> {
+        if i >= self.inner.offsets().len() {
+            return Err(PyValueError::new_err(format!("no field #{i}")));
+        }
+        Ok(self.inner.min_count(i))
+    }
+
+    /// Counts a batch of raw columns (validated like a transform) and, if given,
+    /// its scores. `now` (Unix seconds) overrides the clock, for tests.
+    #[pyo3(signature = (columns, scores = None, now = None))]
+    fn observe(
+        &self,
+        py: Python<'_>,
+        columns: &Bound<'_, PyDict>,
+        scores: Option<PyReadonlyArray1<'_, f64>>,
+        now: Option<u64>,
+    ) -> PyResult<()> {
+        let held = hold(columns)?;
+        let views = held.views();
+        let scores: &[f64] = match &scores {
+            Some(s) => s.as_slice()?,
+            None => &[],
+        };
+        let (inner, pipeline) = (&self.inner, &self.pipeline);
+        without_gil(py, || {
+            let (cols, rows) = pipeline.bind(&views)?;
+            inner.observe(&cols, rows, scores, now);
+            Ok::<_, riskserve_core::Error>(())
+        })
+        .map_err(NativeError)?;
+        Ok(())
+    }
+
+    /// Counts scores only (the inputs were observed during the transform).
+    #[pyo3(signature = (scores, now = None))]
+    fn observe_scores(
+        &self,
+        py: Python<'_>,
+        scores: PyReadonlyArray1<'_, f64>,
+        now: Option<u64>,
+    ) -> PyResult<()> {
+        let s = scores.as_slice()?;
+        let inner = &self.inner;
+        let no_cols: [Column<'_>; 0] = [];
+        without_gil(py, || inner.observe(&no_cols, 0, s, now));
+        Ok(())
+    }
+
+    /// Flat per-bin counts, fields in order then the score.
+    #[pyo3(signature = (window = "cumulative", now = None))]
+    fn counts<'py>(
+        &self,
+        py: Python<'py>,
+        window: &str,
+        now: Option<u64>,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        let w = self::window(window)?;
+        Ok(PyArray1::from_vec(py, self.inner.counts(w, now)))
+    }
+
+    /// (name, observations, PSI or None below the minimum count) per field.
+    #[pyo3(signature = (window = "cumulative", now = None))]
+    fn psi(&self, window: &str, now: Option<u64>) -> PyResult<Vec<(String, u64, Option<f64>)>> {
+        let w = self::window(window)?;
+        Ok(self
+            .inner
+            .fields()
+            .zip(self.inner.psi(w, now))
+            .map(|(f, (n, p))| (f.name.clone(), n, p))
+            .collect())
+    }
+}
+
+impl DriftMonitor {
+    pub(crate) fn same_inputs(&self, pipeline: &CorePipeline) -> bool {
+        let names = self.inner.input_names();
+        names.len() == pipeline.inputs().len()
+            && names
+                .iter()
+                .zip(pipeline.inputs())
+                .all(|(a, b)| *a == b.name)
+    }
+}
+
+/// Fits drift reference bins on training columns and holdout scores; returns the
+/// spec JSON with `reference` filled in.
+#[pyfunction]
+#[pyo3(signature = (spec_json, columns, scores, quantiles = 10, max_categories = 50))]
+pub fn fit_reference(
+    py: Python<'_>,
+    spec_json: &str,
+    columns: &Bound<'_, PyDict>,
+    scores: PyReadonlyArray1<'_, f64>,
+    quantiles: usize,
+    max_categories: usize,
+) -> PyResult<String> {
+    if quantiles < 2 {
+        return Err(PyValueError::new_err("quantiles must be ≥ 2"));
+    }
+    let mut spec = FeatureSpec::from_json(spec_json).map_err(NativeError)?;
+    let held = hold(columns)?;
+    let views = held.views();
+    let s = scores.as_slice()?;
+    let reference = without_gil(py, || {
+        drift::fit_reference(&spec, &views, s, quantiles, max_categories)
+    })
+    .map_err(NativeError)?;
+    spec.reference =
+        Some(serde_json::to_value(reference).map_err(|e| PyValueError::new_err(e.to_string()))?);
+    Ok(spec.to_json().map_err(NativeError)?)
+}

@@ -1,0 +1,369 @@
+"""Shared fixtures: small generated data, models trained by riskserve itself, and a
+real `riskserve serve` subprocess on port 0.
+
+Everything here is session-scoped and built once (~10 s): a 6,000-row training
+set, a LightGBM model `fraud` and an ONNX model `fraud_onnx` in one models folder,
+and the server serving that folder. Tests that need their own server (another
+models folder) use the `start_server` factory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAUD_SPEC = ROOT / "python" / "riskserve" / "training" / "specs" / "fraud.json"
+
+TRAIN_ROWS = 6_000
+TRAIN_SEED = 1
+TRAIN_ROUNDS = 40
+FRESH_ROWS = 500
+FRESH_SEED = 4242
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+#: Spec dtype → Open Inference Protocol datatype (docs/feature-spec.md).
+V2_DATATYPE = {"float": "FP64", "int": "INT64", "bool": "BOOL", "string": "BYTES"}
+
+#: Log substrings that mean the server hit a bug.
+BAD_LOG_MARKERS = ("Traceback", "internal error")
+
+_DEFAULT_TIMEOUT = 120  # seconds, for e2e/registry tests without their own mark
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).resolve().parent
+    scoped = (here / "e2e", here / "registry")
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        if any(path.is_relative_to(d) for d in scoped) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(_DEFAULT_TIMEOUT))
+
+
+# --------------------------------------------------------------------------------------
+# The server subprocess
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ServerHandle:
+    """A running `riskserve serve` subprocess and everything it has logged."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    lines: list[str]
+    reader: threading.Thread
+    #: Set by a test that deliberately provokes an internal error.
+    allow_internal_errors: bool = False
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return "".join(self.lines)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log records so far (non-JSON lines are skipped)."""
+        out = []
+        for line in list(self.lines):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+    def bad_lines(self) -> list[str]:
+        bad = [ln for ln in list(self.lines) if any(m in ln for m in BAD_LOG_MARKERS)]
+        bad += [json.dumps(e) for e in self.events() if "exception" in e]
+        return bad
+
+    def stop(self) -> int:
+        """SIGTERM, then wait; returns the exit code (kills it after STOP_TIMEOUT)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            pytest.fail(
+                f"server pid {self.proc.pid} did not exit within {STOP_TIMEOUT}s of SIGTERM\n"
+                + self.log_text()[-5000:]
+            )
+        self.reader.join(5)
+        return rc
+
+    def stop_and_check(self) -> None:
+        rc = self.stop()
+        log = self.log_text()
+        assert rc == 0, f"server exited with {rc} after SIGTERM\n{log[-5000:]}"
+        assert any(e.get("event") == "stopped" for e in self.events()), log[-5000:]
+        if not self.allow_internal_errors:
+            bad = self.bad_lines()
+            assert not bad, "server log has tracebacks / internal errors:\n" + "\n".join(bad)
+
+
+def _server_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKSERVE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_server_process(models_dir: Path, *extra_args: str) -> ServerHandle:
+    """Starts `python -m riskserve.cli serve` on port 0; returns once it logs "serving"."""
+    cmd = [
+        sys.executable, "-m", "riskserve.cli", "serve",
+        "--models", str(models_dir), "--host", "127.0.0.1", "--port", "0",
+        *extra_args,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=_server_env(),
+    )
+    lines: list[str] = []
+    port: list[int] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if not ready.is_set():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and rec.get("event") == "serving":
+                    port.append(int(rec["port"]))
+                    ready.set()
+        ready.set()  # EOF: the process ended
+
+    reader = threading.Thread(target=read, name=f"riskserve-log-{proc.pid}", daemon=True)
+    reader.start()
+    ok = ready.wait(START_TIMEOUT)
+    if not ok or not port:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        reader.join(5)
+        why = "did not log 'serving'" if not ok else f"exited with {proc.returncode}"
+        pytest.fail(
+            f"riskserve serve {why} within {START_TIMEOUT}s; command {cmd}\noutput:\n"
+            + "".join(lines)[-8000:]
+        )
+    return ServerHandle(proc=proc, port=port[0], lines=lines, reader=reader)
+
+
+@pytest.fixture(scope="session")
+def launch_server() -> Callable[..., ServerHandle]:
+    """start_server_process itself: the caller stops the server (handle.stop())."""
+    return start_server_process
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., ServerHandle]]:
+    """Factory: start_server(models_dir) → ServerHandle, stopped and checked afterwards."""
+    started: list[ServerHandle] = []
+
+    def start(models_dir: Path, *extra_args: str) -> ServerHandle:
+        h = start_server_process(models_dir, *extra_args)
+        started.append(h)
+        return h
+
+    yield start
+    for h in started:
+        h.stop_and_check()
+
+
+# --------------------------------------------------------------------------------------
+# Data and models
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("riskserve")
+
+
+@pytest.fixture(scope="session")
+def train_data(workdir: Path) -> Path:
+    from riskserve.training.datagen import run_datagen
+
+    path = workdir / "train.parquet"
+    run_datagen(TRAIN_ROWS, TRAIN_SEED, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_dir(workdir: Path, train_data: Path) -> Path:
+    from riskserve.training.train import TrainConfig, train
+
+    models = workdir / "models"
+    for name, fmt in (("fraud", "lightgbm"), ("fraud_onnx", "onnx")):
+        res = train(
+            TrainConfig(
+                data=train_data,
+                target="is_fraud",
+                model=name,
+                models_dir=models,
+                spec=FRAUD_SPEC,
+                seed=TRAIN_SEED,
+                model_format=fmt,
+                rounds=TRAIN_ROUNDS,
+            )
+        )
+        assert res.ref.version == 1
+        assert res.metrics["auc"] > 0.6, res.metrics
+    return models
+
+
+@pytest.fixture(scope="session")
+def server(models_dir: Path) -> Iterator[ServerHandle]:
+    """The shared server over `models_dir` (fraud: LightGBM, fraud_onnx: ONNX)."""
+    h = start_server_process(models_dir)
+    loaded = [e for e in h.events() if e.get("event") == "models loaded"]
+    if not loaded or loaded[-1].get("models") != {"fraud": 1, "fraud_onnx": 1}:
+        h.stop()
+        pytest.fail("the server did not load fraud/1 and fraud_onnx/1:\n" + h.log_text())
+    try:
+        yield h
+    finally:
+        h.stop_and_check()
+
+
+@pytest.fixture(scope="session")
+def fresh_table() -> pa.Table:
+    """Rows the models never saw: another seed than the training data."""
+    from riskserve.training.datagen import generate
+
+    return generate(FRESH_ROWS, FRESH_SEED)
+
+
+# --------------------------------------------------------------------------------------
+# Direct (in-process) reference computations
+# --------------------------------------------------------------------------------------
+
+Columns = dict[str, Any]
+
+
+class Reference:
+    """Scores computed directly with the Rust pipeline + LightGBM / ONNX Runtime,
+    from the files of a model version, without the server."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, Path], Any] = {}
+
+    def _get(self, kind: str, path: Path, make: Callable[[], Any]) -> Any:
+        key = (kind, path.resolve())
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def spec(self, version_dir: Path) -> dict[str, Any]:
+        return json.loads((version_dir / "features.json").read_text())
+
+    def input_dtypes(self, version_dir: Path) -> dict[str, str]:
+        """Raw input name → spec dtype, in spec order."""
+        return {i["name"]: i["dtype"] for i in self.spec(version_dir)["inputs"]}
+
+    def datatypes(self, version_dir: Path) -> dict[str, str]:
+        """Raw input name → V2 datatype, in spec order."""
+        return {n: V2_DATATYPE[d] for n, d in self.input_dtypes(version_dir).items()}
+
+    def pipeline(self, version_dir: Path) -> Any:
+        from riskserve._native import FeaturePipeline
+
+        return self._get(
+            "pipe", version_dir, lambda: FeaturePipeline((version_dir / "features.json").read_text())
+        )
+
+    def columns(self, table: pa.Table, version_dir: Path) -> Columns:
+        """The model's raw inputs from an Arrow table: float64 / int64 / bool numpy
+        arrays, and lists of str for strings."""
+        out: Columns = {}
+        for name, dtype in self.input_dtypes(version_dir).items():
+            col = table.column(name)
+            if dtype == "string":
+                out[name] = [str(v) for v in col.to_pylist()]
+            elif dtype == "bool":
+                out[name] = np.array(col.to_numpy(zero_copy_only=False), dtype=bool)
+            elif dtype == "int":
+                out[name] = np.array(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+            else:
+                out[name] = np.array(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+        return out
+
+    def features(self, version_dir: Path, columns: Mapping[str, Any]) -> np.ndarray:
+        return self.pipeline(version_dir).transform(dict(columns))
+
+    def lightgbm(self, version_dir: Path, columns: Mapping[str, Any]) -> np.ndarray:
+        import lightgbm
+
+        booster = self._get(
+            "lgb", version_dir, lambda: lightgbm.Booster(model_file=str(version_dir / "model.txt"))
+        )
+        return np.asarray(booster.predict(self.features(version_dir, columns)), dtype=np.float64)
+
+    def onnx(self, version_dir: Path, columns: Mapping[str, Any]) -> np.ndarray:
+        import onnxruntime as ort
+
+        sess = self._get(
+            "onnx",
+            version_dir,
+            lambda: ort.InferenceSession(
+                str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+            ),
+        )
+        x = self.features(version_dir, columns)
+        (probs,) = sess.run(["probabilities"], {sess.get_inputs()[0].name: x})
+        return np.asarray(probs, dtype=np.float64)[:, 1]
+
+    def predict(self, version_dir: Path, columns: Mapping[str, Any]) -> np.ndarray:
+        manifest = json.loads((version_dir / "manifest.json").read_text())
+        if manifest["model_format"] == "onnx":
+            return self.onnx(version_dir, columns)
+        return self.lightgbm(version_dir, columns)
+
+
+@pytest.fixture(scope="session")
+def reference() -> Reference:
+    return Reference()
+
+
+def take_rows(columns: Mapping[str, Any], idx: slice | list[int]) -> Columns:
+    """A copy of a subset of rows of every column."""
+    out: Columns = {}
+    for name, col in columns.items():
+        if isinstance(col, np.ndarray):
+            out[name] = col[idx].copy()
+        elif isinstance(idx, slice):
+            out[name] = col[idx]
+        else:
+            out[name] = [col[i] for i in idx]
+    return out
+
+
+@pytest.fixture(scope="session")
+def rows() -> Callable[[Mapping[str, Any], slice | list[int]], Columns]:
+    return take_rows
