@@ -69,6 +69,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         "compute_threads": a.compute_threads,
         "onnx_threads": a.onnx_threads,
         "log_level": a.log_level,
+        # --port 0 means "free ports": the metrics port follows unless given.
+        "metrics_port": 0 if a.port == 0 and a.metrics_port is None else a.metrics_port,
     }
     settings = Settings.load(overrides)
     logs.configure(settings.log_level)
@@ -87,9 +89,14 @@ def cmd_score(a: argparse.Namespace) -> int:
     else:
         row = example_row(a.seed)
     row = {k: (math.nan if v is None else v) for k, v in row.items()}
+    import grpc
+
     client = Client(a.server, timeout=a.timeout)
     try:
         version, probs = client.score(a.model, row, a.version)
+    except grpc.RpcError as e:
+        print(f"riskserve score: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
     finally:
         client.close()
     print(json.dumps({"model": a.model, "version": version, "probability": probs}))
@@ -125,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compute-threads", type=int)
     s.add_argument("--onnx-threads", type=int)
     s.add_argument("--log-level")
+    s.add_argument(
+        "--metrics-port",
+        type=int,
+        help="Prometheus port (default 8002; with --port 0 also 0; -1 off)",
+    )
     s.set_defaults(fn=cmd_serve)
 
     c = sub.add_parser("score", help="score a transaction against a running server")

@@ -30,6 +30,17 @@ class Settings:
     #: Seconds to let in-flight requests finish on SIGTERM.
     grace_seconds: float = 10.0
     log_level: str = "info"
+    #: Prometheus /metrics over HTTP; port 0 picks a free port, -1 disables.
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 8002
+    #: Export per-bin drift counters and reference ratios (cardinality switch).
+    drift_bins: bool = True
+    drift_threshold: float = 0.25
+    #: Sliding drift window: `drift_slots` sub-windows of `drift_slot_seconds`.
+    drift_slots: int = 60
+    drift_slot_seconds: int = 60
+    #: How often drift alerts are evaluated (and logged on change).
+    drift_check_seconds: float = 10.0
 
     @classmethod
     def load(
@@ -50,11 +61,22 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        for name in ("compute_threads", "onnx_threads", "max_inflight", "max_request_rows"):
+        for name in (
+            "compute_threads",
+            "onnx_threads",
+            "max_inflight",
+            "max_request_rows",
+            "drift_slots",
+            "drift_slot_seconds",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name} must be >= 1")
         if not 0 <= self.port <= 65535:
             raise ValueError("setting port must be in 0..65535")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError("setting metrics_port must be in -1..65535 (-1 disables)")
+        if self.drift_threshold <= 0:
+            raise ValueError("setting drift_threshold must be > 0")
 
 
 def _parse(name: str, typ: Any, raw: str) -> Any:
@@ -64,6 +86,12 @@ def _parse(name: str, typ: Any, raw: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
         if kind == "Path":
             return Path(raw)
         return raw

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,7 +15,8 @@ import numpy.typing as npt
 
 from riskserve._native import InputError, packed_count
 from riskserve.config import Settings
-from riskserve.errors import DeadlineExceeded, InvalidInput, Overloaded
+from riskserve.errors import DeadlineExceeded, InvalidInput, NotFound, Overloaded, RiskserveError
+from riskserve.monitoring import Metrics
 from riskserve.routing import RoutingTable
 from riskserve.runtime.loaded import OUTPUT_NAME, LoadedModel
 
@@ -73,9 +75,11 @@ class ModelMetadata:
 class DataPlane:
     """Scores requests against the current routing table."""
 
-    def __init__(self, settings: Settings, table: RoutingTable) -> None:
+    def __init__(self, settings: Settings, table: RoutingTable, metrics: Metrics) -> None:
         self._settings = settings
         self._table = table
+        self._metrics = metrics
+        metrics.set_models(table)
         self._pool = ThreadPoolExecutor(
             max_workers=settings.compute_threads, thread_name_prefix="riskserve-compute"
         )
@@ -89,6 +93,7 @@ class DataPlane:
     def swap_table(self, table: RoutingTable) -> None:
         """Replaces the routing table atomically; requests in flight keep theirs."""
         self._table = table
+        self._metrics.set_models(table)
 
     def close(self) -> None:
         self.ready = False
@@ -114,9 +119,29 @@ class DataPlane:
     # -- inference ----------------------------------------------------------------
 
     async def infer(self, req: InferRequest) -> InferResult:
+        start = time.perf_counter()
+        model: LoadedModel | None = None
+        try:
+            model = self._table.resolve(req.model_name, req.model_version)
+            result, rows = await self._infer(model, req)
+        except RiskserveError as e:
+            # Unknown model names are not echoed into labels (unbounded cardinality).
+            name = "__unknown__" if isinstance(e, NotFound) and model is None else req.model_name
+            version = str(model.version) if model is not None else ""
+            self._metrics.observe_error(name, version, e.code.name)
+            raise
+        except Exception:
+            version = str(model.version) if model is not None else ""
+            self._metrics.observe_error(req.model_name, version, "INTERNAL")
+            raise
+        self._metrics.observe_ok(
+            result.model_name, result.model_version, time.perf_counter() - start, rows
+        )
+        return result
+
+    async def _infer(self, model: LoadedModel, req: InferRequest) -> tuple[InferResult, int]:
         if req.time_remaining is not None and req.time_remaining <= 0:
             raise DeadlineExceeded("the request's deadline passed before it was scored")
-        model = self._table.resolve(req.model_name, req.model_version)
         columns, rows = self._columns(model, req)
         if self._inflight >= self._settings.max_inflight:
             raise Overloaded(
@@ -130,13 +155,14 @@ class DataPlane:
             self._inflight -= 1
         if probs.shape != (rows,):
             raise RuntimeError(f"model returned shape {probs.shape} for {rows} rows")
-        return InferResult(
+        result = InferResult(
             model_name=model.name,
             model_version=str(model.version),
             id=req.id,
             probability=probs,
             parameters={},
         )
+        return result, rows
 
     def _columns(self, model: LoadedModel, req: InferRequest) -> tuple[dict[str, Any], int]:
         """Validates inputs against the model's spec; returns columns and the batch size."""

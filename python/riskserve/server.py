@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
 import riskserve
 from riskserve.config import Settings
 from riskserve.dataplane import DataPlane
+from riskserve.monitoring import DriftAlerts, DriftCollector, Metrics
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from riskserve.registry import ModelRepository
@@ -31,8 +35,22 @@ class Server:
         self.settings = settings
         started = time.perf_counter()
         repo = ModelRepository(settings.models_dir)
-        table = load_repository(repo, settings.onnx_threads)
-        self.dataplane = DataPlane(settings, table)
+        table = load_repository(
+            repo, settings.onnx_threads, settings.drift_slots, settings.drift_slot_seconds
+        )
+        disable_created_metrics()  # *_created series only add cardinality here
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.dataplane = DataPlane(settings, table, self.metrics)
+        self.registry.register(
+            DriftCollector(
+                lambda: self.dataplane.table, settings.drift_threshold, settings.drift_bins
+            )
+        )
+        self.alerts = DriftAlerts(lambda: self.dataplane.table, settings.drift_threshold)
+        self.metrics_port: int | None = None
+        self._http: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
         log.info(
             "models loaded",
             extra={
@@ -63,13 +81,34 @@ class Server:
             raise OSError(f"cannot bind {settings.host}:{settings.port}")
 
     async def start(self) -> None:
+        if self.settings.metrics_port >= 0:
+            self._http, _thread = start_http_server(
+                self.settings.metrics_port, self.settings.metrics_host, registry=self.registry
+            )
+            self.metrics_port = int(self._http.server_port)
+        self._tasks.append(asyncio.create_task(self._drift_loop()))
         await self.grpc.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
-            extra={"host": self.settings.host, "port": self.port, "pid": __import__("os").getpid()},
+            extra={
+                "host": self.settings.host,
+                "port": self.port,
+                "metrics_port": self.metrics_port,
+                "pid": os.getpid(),
+            },
         )
+
+    async def _drift_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settings.drift_check_seconds)
+            try:
+                # PSI over every bin is cheap, but keep even that off the loop.
+                await loop.run_in_executor(None, self.alerts.check)
+            except Exception:
+                log.exception("drift check failed")
 
     async def stop(self) -> None:
         """Drain: report NOT_SERVING, refuse new work, let in-flight requests finish."""
@@ -77,7 +116,11 @@ class Server:
         self.dataplane.ready = False
         await self.health.enter_graceful_shutdown()
         await self.grpc.stop(self.settings.grace_seconds)
+        for t in self._tasks:
+            t.cancel()
         self.dataplane.close()
+        if self._http is not None:
+            self._http.shutdown()
         log.info("stopped")
 
 

@@ -163,6 +163,26 @@ def test_refused_versions_are_logged_and_the_good_one_serves(
         ch.close()
 
 
+@pytest.mark.parametrize("content", ["null", "[]"])
+def test_non_object_manifest_is_refused_not_fatal(
+    tmp_path: Path, models_dir: Path, start_server: Any, content: str
+) -> None:
+    """A manifest.json that is valid JSON but not an object must be refused like
+    any other bad manifest; the other versions and models still serve."""
+    models = tmp_path / "models"
+    shutil.copytree(models_dir / "fraud" / "1", models / "fraud" / "1")
+    shutil.copytree(models_dir / "fraud_onnx" / "1", models / "fraud_onnx" / "1")
+    bad = models / "fraud" / "2"
+    shutil.copytree(models_dir / "fraud" / "1", bad)
+    (bad / "manifest.json").write_text(content)
+    h = start_server(models)
+    refused = _refusals(h)
+    assert [(e["model"], e["version"]) for e in refused] == [("fraud", 2)], h.log_text()
+    assert str(bad / "manifest.json") in refused[0]["reason"]
+    live = {e["model"]: e["version"] for e in h.events() if e.get("event") == "model live"}
+    assert live == {"fraud": 1, "fraud_onnx": 1}
+
+
 # --------------------------------------------------------------------------------------
 # an inferred spec on a hand-made CSV, trained through the CLI
 # --------------------------------------------------------------------------------------

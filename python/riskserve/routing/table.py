@@ -52,7 +52,12 @@ class RoutingTable:
         return model
 
 
-def load_repository(repo: ModelRepository, onnx_threads: int = 1) -> RoutingTable:
+def load_repository(
+    repo: ModelRepository,
+    onnx_threads: int = 1,
+    drift_slots: int = 60,
+    drift_slot_seconds: int = 60,
+) -> RoutingTable:
     """Loads every version of every model; a version that fails verification is
     refused with a log line naming the file, the rest is served. The newest
     version that loads is live."""
@@ -61,7 +66,9 @@ def load_repository(repo: ModelRepository, onnx_threads: int = 1) -> RoutingTabl
         loaded: dict[int, LoadedModel] = {}
         for ref in repo.versions(name):
             try:
-                loaded[ref.version] = load_version(repo, ref, onnx_threads)
+                loaded[ref.version] = load_version(
+                    repo, ref, onnx_threads, drift_slots, drift_slot_seconds
+                )
             except IntegrityError as e:
                 log.error(
                     "model version refused",
