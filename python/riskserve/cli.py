@@ -103,6 +103,30 @@ def cmd_score(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift(a: argparse.Namespace) -> int:
+    from riskserve.monitoring.report import fetch_metrics, format_table, parse_drift
+
+    rows = parse_drift(fetch_metrics(a.metrics), a.window)
+    if a.model:
+        rows = [r for r in rows if r.model == a.model]
+    if not rows:
+        print("no drift metrics found (no model with a drift reference?)", file=sys.stderr)
+        return 1
+    print(format_table(rows, a.threshold))
+    return 0
+
+
+def cmd_drift_report(a: argparse.Namespace) -> int:
+    from riskserve.monitoring.report import draw_report, fetch_metrics, parse_drift
+
+    rows = parse_drift(fetch_metrics(a.metrics), a.window)
+    if a.model:
+        rows = [r for r in rows if r.model == a.model]
+    n = draw_report(rows, Path(a.out), a.top)
+    print(json.dumps({"out": a.out, "fields": n}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="riskserve", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=7, help="without --json: a generated example")
     c.add_argument("--timeout", type=float, default=10.0)
     c.set_defaults(fn=cmd_score)
+
+    for name, fn, helptext in (
+        ("drift", cmd_drift, "print PSI per field from a server's /metrics, worst first"),
+        ("drift-report", cmd_drift_report, "draw reference vs live shares to a PNG"),
+    ):
+        dr = sub.add_parser(name, help=helptext)
+        dr.add_argument("--metrics", required=True, help="e.g. http://localhost:8002/metrics")
+        dr.add_argument("--model")
+        dr.add_argument("--window", choices=("sliding", "cumulative"), default="sliding")
+        dr.add_argument("--threshold", type=float, default=0.25)
+        if name == "drift-report":
+            dr.add_argument("--out", required=True, help="PNG path")
+            dr.add_argument("--top", type=int, default=6)
+        dr.set_defaults(fn=fn)
     return p
 
 
@@ -154,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"riskserve {args.command}: {e}", file=sys.stderr)
         return 2
 
