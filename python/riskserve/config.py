@@ -30,6 +30,19 @@ class Settings:
     #: Seconds to let in-flight requests finish on SIGTERM.
     grace_seconds: float = 10.0
     log_level: str = "info"
+    #: Shadow scorings allowed to queue before new ones are dropped (and counted).
+    shadow_max_pending: int = 64
+    #: Admin credential: the token itself, or a file holding it.
+    admin_token: str = ""
+    admin_token_file: str = ""
+    #: Canary guard: a canary breaching any bound (over at least
+    #: canary_min_requests) is rolled back automatically.
+    canary_guard: bool = True
+    canary_min_requests: int = 200
+    canary_max_error_ratio: float = 0.02
+    canary_max_p95_seconds: float = 0.05
+    canary_max_score_psi: float = 0.25
+    canary_check_seconds: float = 1.0
     #: Prometheus /metrics over HTTP; port 0 picks a free port, -1 disables.
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8002

@@ -5,22 +5,41 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from riskserve._native import InputError, packed_count
 from riskserve.config import Settings
-from riskserve.errors import DeadlineExceeded, InvalidInput, NotFound, Overloaded, RiskserveError
+from riskserve.errors import DeadlineExceeded, InvalidInput, Overloaded, RiskserveError
 from riskserve.monitoring import Metrics
 from riskserve.routing import RoutingTable
+from riskserve.routing.table import Routed
 from riskserve.runtime.loaded import OUTPUT_NAME, LoadedModel
 
 SERVER_NAME = "riskserve"
+#: Status codes that are the server's (or model's) fault, not the client's.
+SERVER_FAULTS = frozenset({"INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED"})
+
+log = logging.getLogger(__name__)
+
+
+class CanaryGuardLike(Protocol):
+    def record(
+        self,
+        model: str,
+        version: int,
+        revision: int,
+        seconds: float,
+        ok: bool,
+        result: InferResult | None,
+    ) -> None: ...
+
 
 #: What a decoded tensor may hold: a numeric array, a V2 packed BYTES buffer,
 #: or a list of byte strings (typed contents).
@@ -84,6 +103,9 @@ class DataPlane:
             max_workers=settings.compute_threads, thread_name_prefix="riskserve-compute"
         )
         self._inflight = 0
+        self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskserve-shadow")
+        self._shadow_pending = 0
+        self.guard: CanaryGuardLike | None = None
         self.ready = True
 
     @property
@@ -98,6 +120,7 @@ class DataPlane:
     def close(self) -> None:
         self.ready = False
         self._pool.shutdown(wait=True, cancel_futures=False)
+        self._shadow_pool.shutdown(wait=True, cancel_futures=True)
 
     # -- readiness and metadata -------------------------------------------------
 
@@ -120,28 +143,42 @@ class DataPlane:
 
     async def infer(self, req: InferRequest) -> InferResult:
         start = time.perf_counter()
-        model: LoadedModel | None = None
+        routed: Routed | None = None
         try:
-            model = self._table.resolve(req.model_name, req.model_version)
-            result, rows = await self._infer(model, req)
+            routed = self._table.route(req.model_name, req.model_version, _routing_key(req))
+            result, rows, columns = await self._infer(routed, req)
         except RiskserveError as e:
-            # Unknown model names are not echoed into labels (unbounded cardinality).
-            name = "__unknown__" if isinstance(e, NotFound) and model is None else req.model_name
-            version = str(model.version) if model is not None else ""
-            self._metrics.observe_error(name, version, e.code.name)
+            self._record_error(req, routed, e.code.name)
             raise
         except Exception:
-            version = str(model.version) if model is not None else ""
-            self._metrics.observe_error(req.model_name, version, "INTERNAL")
+            self._record_error(req, routed, "INTERNAL")
             raise
-        self._metrics.observe_ok(
-            result.model_name, result.model_version, time.perf_counter() - start, rows
-        )
+        seconds = time.perf_counter() - start
+        model = routed.model
+        self._metrics.observe_ok(model.name, result.model_version, routed.variant, seconds, rows)
+        if self.guard is not None:
+            self.guard.record(model.name, model.version, routed.revision, seconds, True, result)
+        if routed.shadow is not None:
+            self._start_shadow(routed.shadow, columns, result)
         return result
 
-    async def _infer(self, model: LoadedModel, req: InferRequest) -> tuple[InferResult, int]:
+    def _record_error(self, req: InferRequest, routed: Routed | None, code: str) -> None:
+        if routed is None:
+            # Unknown model names are not echoed into labels (unbounded cardinality).
+            known = req.model_name in self._table.deployments
+            self._metrics.observe_error(req.model_name if known else "__unknown__", "", "", code)
+            return
+        m = routed.model
+        self._metrics.observe_error(m.name, str(m.version), routed.variant, code)
+        if self.guard is not None and code in SERVER_FAULTS:
+            self.guard.record(m.name, m.version, routed.revision, 0.0, False, None)
+
+    async def _infer(
+        self, routed: Routed, req: InferRequest
+    ) -> tuple[InferResult, int, dict[str, Any]]:
         if req.time_remaining is not None and req.time_remaining <= 0:
             raise DeadlineExceeded("the request's deadline passed before it was scored")
+        model = routed.model
         columns, rows = self._columns(model, req)
         if self._inflight >= self._settings.max_inflight:
             raise Overloaded(
@@ -160,9 +197,44 @@ class DataPlane:
             model_version=str(model.version),
             id=req.id,
             probability=probs,
-            parameters={},
+            parameters={
+                "variant": routed.variant,
+                "deployment_revision": str(routed.revision),
+            },
         )
-        return result, rows
+        return result, rows, columns
+
+    # -- shadow -------------------------------------------------------------------
+
+    def _start_shadow(
+        self, shadow: LoadedModel, columns: dict[str, Any], primary: InferResult
+    ) -> None:
+        """Scores the shadow after the reply: its own bounded executor, its own
+        metrics; its results and errors never reach the client."""
+        if self._shadow_pending >= self._settings.shadow_max_pending:
+            self._metrics.observe_shadow(shadow.name, str(shadow.version), "dropped", None)
+            return
+        self._shadow_pending += 1
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._shadow_pool, _score, shadow, columns)
+
+        def done(f: asyncio.Future[npt.NDArray[np.float32]]) -> None:
+            self._shadow_pending -= 1
+            version = str(shadow.version)
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                log.warning(
+                    "shadow scoring failed",
+                    extra={"model": shadow.name, "version": version, "error": repr(exc)},
+                )
+                self._metrics.observe_shadow(shadow.name, version, "error", None)
+                return
+            diff = np.abs(f.result() - primary.probability)
+            self._metrics.observe_shadow(shadow.name, version, "ok", float(diff.max()))
+
+        fut.add_done_callback(done)
 
     def _columns(self, model: LoadedModel, req: InferRequest) -> tuple[dict[str, Any], int]:
         """Validates inputs against the model's spec; returns columns and the batch size."""
@@ -216,6 +288,15 @@ class DataPlane:
             raise InvalidInput(f"missing input {missing[0]!r}{more}")
         assert batch is not None  # the model has ≥ 1 input and all are present
         return columns, batch
+
+
+def _routing_key(req: InferRequest) -> str | None:
+    key = req.parameters.get("routing_key")
+    if key is None:
+        return req.id or None
+    if not isinstance(key, str) or not key:
+        raise InvalidInput("parameter 'routing_key' must be a non-empty string")
+    return key
 
 
 def _element_count(inp: InferInput) -> int:

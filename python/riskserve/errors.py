@@ -54,3 +54,13 @@ class IntegrityError(RiskserveError):
     """A model version on disk fails verification (hash, manifest, spec)."""
 
     code = Code.FAILED_PRECONDITION
+
+
+class Conflict(RiskserveError):
+    """The request is valid but the deployment's state does not allow it."""
+
+    code = Code.FAILED_PRECONDITION
+
+
+class Unauthenticated(RiskserveError):
+    code = Code.UNAUTHENTICATED

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import time
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -20,8 +21,14 @@ from riskserve.dataplane import DataPlane
 from riskserve.monitoring import DriftAlerts, DriftCollector, Metrics
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
+from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc
 from riskserve.registry import ModelRepository
-from riskserve.routing import load_repository
+from riskserve.routing import RoutingTable
+from riskserve.routing.guard import CanaryGuard
+from riskserve.routing.manager import DeploymentManager
+from riskserve.transport.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
+from riskserve.transport.admin import AdminServicer
+from riskserve.transport.auth import AdminAuthInterceptor, load_token
 from riskserve.transport.errors import ErrorInterceptor
 from riskserve.transport.inference import SERVICE_NAME, InferenceServicer
 
@@ -35,13 +42,15 @@ class Server:
         self.settings = settings
         started = time.perf_counter()
         repo = ModelRepository(settings.models_dir)
-        table = load_repository(
-            repo, settings.onnx_threads, settings.drift_slots, settings.drift_slot_seconds
-        )
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.dataplane = DataPlane(settings, table, self.metrics)
+        self.dataplane = DataPlane(settings, RoutingTable(MappingProxyType({})), self.metrics)
+        self.manager = DeploymentManager(settings, repo, self.dataplane.swap_table)
+        table = self.manager.restore()
+        self.guard = CanaryGuard(settings, self.manager, self.metrics)
+        if settings.canary_guard:
+            self.dataplane.guard = self.guard
         self.registry.register(
             DriftCollector(
                 lambda: self.dataplane.table, settings.drift_threshold, settings.drift_bins
@@ -63,14 +72,21 @@ class Server:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.grpc = grpc.aio.server(interceptors=[ErrorInterceptor()], options=opts)
+        token = load_token(settings.admin_token, settings.admin_token_file)
+        self.grpc = grpc.aio.server(
+            interceptors=[AdminAuthInterceptor(token), ErrorInterceptor()], options=opts
+        )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane, riskserve.__version__), self.grpc
+            InferenceServicer(self.dataplane, riskserve.__version__, self.manager), self.grpc
+        )
+        admin_pb2_grpc.add_ModelAdminServicer_to_server(
+            AdminServicer(self.manager, self.metrics), self.grpc
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = (
             SERVICE_NAME,
+            ADMIN_SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
@@ -87,6 +103,8 @@ class Server:
             )
             self.metrics_port = int(self._http.server_port)
         self._tasks.append(asyncio.create_task(self._drift_loop()))
+        if self.settings.canary_guard:
+            self._tasks.append(asyncio.create_task(self.guard.run()))
         await self.grpc.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -33,14 +33,14 @@ class Metrics:
         self.registry = registry
         self.requests = Counter(
             "riskserve_requests",
-            "Inference requests by model, version that served, and status code.",
-            ["model", "version", "code"],
+            "Inference requests by model, version that served, variant, and status code.",
+            ["model", "version", "variant", "code"],
             registry=registry,
         )
         self.duration = Histogram(
             "riskserve_request_duration_seconds",
             "Time from a decoded request to its scores, seconds.",
-            ["model", "version"],
+            ["model", "version", "variant"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -63,30 +63,61 @@ class Metrics:
             ["model", "version", "sha256"],
             registry=registry,
         )
-        self._ok: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
+        self.revision = Gauge(
+            "riskserve_deployment_revision",
+            "Current deployment revision of each model.",
+            ["model"],
+            registry=registry,
+        )
+        self.rollbacks = Counter(
+            "riskserve_rollbacks",
+            "Rollbacks by model and reason (manual, or the canary guard's breach).",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.shadow = Counter(
+            "riskserve_shadow_requests",
+            "Shadow scorings by outcome (ok, error, dropped when the shadow lags).",
+            ["model", "version", "outcome"],
+            registry=registry,
+        )
+        self.shadow_diff = Histogram(
+            "riskserve_shadow_score_abs_diff",
+            "Largest |shadow - primary| probability per shadowed request.",
+            ["model", "version"],
+            buckets=(1e-6, 1e-4, 1e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+            registry=registry,
+        )
+        self._ok: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
 
-    def observe_ok(self, model: str, version: str, seconds: float, rows: int) -> None:
-        children = self._ok.get((model, version))
+    def observe_ok(self, model: str, version: str, variant: str, seconds: float, rows: int) -> None:
+        children = self._ok.get((model, version, variant))
         if children is None:
             children = (
-                self.requests.labels(model, version, "OK"),
-                self.duration.labels(model, version),
+                self.requests.labels(model, version, variant, "OK"),
+                self.duration.labels(model, version, variant),
                 self.rows.labels(model, version),
                 self.request_rows.labels(model),
             )
-            self._ok[(model, version)] = children
+            self._ok[(model, version, variant)] = children
         req, dur, rws, rr = children
         req.inc()
         dur.observe(seconds)
         rws.inc(rows)
         rr.observe(rows)
 
-    def observe_error(self, model: str, version: str, code: str) -> None:
-        self.requests.labels(model, version, code).inc()
+    def observe_error(self, model: str, version: str, variant: str, code: str) -> None:
+        self.requests.labels(model, version, variant, code).inc()
+
+    def observe_shadow(self, model: str, version: str, outcome: str, diff: float | None) -> None:
+        self.shadow.labels(model, version, outcome).inc()
+        if diff is not None:
+            self.shadow_diff.labels(model, version).observe(diff)
 
     def set_models(self, table: RoutingTable) -> None:
         self.model_info.clear()
         for name, dep in table.deployments.items():
+            self.revision.labels(name).set(dep.revision)
             for v, m in dep.versions.items():
                 self.model_info.labels(name, str(v), m.manifest.model_sha256).set(1)
 

@@ -1,30 +1,101 @@
-"""The routing table: an immutable snapshot mapping model names to loaded
-versions and the live one. It is replaced as a whole, never mutated, so a request
-that resolved a version keeps it for its whole life."""
+"""The routing table: an immutable snapshot mapping model names to deployments
+(loaded versions, traffic split, shadow). It is replaced as a whole, never
+mutated, so a request that resolved a version keeps it for its whole life.
+
+Assignment (DESIGN §7): bucket = murmur3_x86_32(salt + routing_key) mod 10,000;
+variants own contiguous bucket ranges in version order, sized by their weights.
+Every process and host computes the same bucket for the same key and salt, and
+moving weight from one variant to its neighbour moves only the keys between the
+old and the new boundary."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from riskserve._native import murmur3_32
 from riskserve.errors import IntegrityError, NotFound
 from riskserve.registry import ModelRepository
 from riskserve.runtime import LoadedModel, load_version
 
 log = logging.getLogger(__name__)
 
+BUCKETS = 10_000
+
+
+def bucket_of(salt: str, key: str) -> int:
+    """The key's traffic bucket in [0, 10000): murmur3_x86_32(utf8(salt + key), 0)."""
+    return murmur3_32((salt + key).encode(), 0) % BUCKETS
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    version: int
+    weight: int  # percent
+
+
+@dataclasses.dataclass(frozen=True)
+class Routed:
+    """Where one request goes."""
+
+    model: LoadedModel
+    variant: str
+    revision: int
+    shadow: LoadedModel | None = None
+
 
 @dataclasses.dataclass(frozen=True)
 class Deployment:
     name: str
+    #: Every loaded version (including those at weight 0).
     versions: Mapping[int, LoadedModel]
+    #: The version with the largest weight (the "control").
     live: int
+    variants: tuple[Variant, ...] = ()
+    salt: str = ""
+    revision: int = 1
+    shadow_version: int | None = None
+    shadow_percent: float = 0.0
+    _ranges: tuple[tuple[int, int], ...] = dataclasses.field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        variants = self.variants or (Variant(self.live, 100),)
+        variants = tuple(sorted(variants, key=lambda v: v.version))
+        if sum(v.weight for v in variants) != 100:
+            raise ValueError(f"{self.name}: weights must sum to 100")
+        for v in variants:
+            if v.version not in self.versions:
+                raise ValueError(f"{self.name}: variant version {v.version} is not loaded")
+        upper, ranges = 0, []
+        for v in variants:
+            if v.weight > 0:
+                upper += v.weight * (BUCKETS // 100)
+                ranges.append((upper, v.version))
+        object.__setattr__(self, "variants", variants)
+        object.__setattr__(self, "_ranges", tuple(ranges))
 
     @property
     def live_model(self) -> LoadedModel:
         return self.versions[self.live]
+
+    def assign(self, key: str | None) -> int:
+        """The version for a routing key (None → uniformly at random)."""
+        if len(self._ranges) == 1:
+            return self._ranges[0][1]
+        b = random.randrange(BUCKETS) if key is None else bucket_of(self.salt, key)
+        for upper, version in self._ranges:
+            if b < upper:
+                return version
+        return self._ranges[-1][1]
+
+    def wants_shadow(self, key: str | None) -> bool:
+        if self.shadow_version is None or self.shadow_percent <= 0:
+            return False
+        b = random.randrange(BUCKETS) if key is None else bucket_of(self.salt + "/shadow", key)
+        return b < self.shadow_percent * (BUCKETS / 100)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,18 +109,33 @@ class RoutingTable:
         return dep
 
     def resolve(self, name: str, version: str = "") -> LoadedModel:
-        """The live version, or the explicitly requested one (which must be loaded)."""
+        """The control version, or the explicitly requested one (which must be loaded)."""
         dep = self.deployment(name)
         if not version:
             return dep.live_model
-        try:
-            v = int(version)
-        except ValueError:
-            raise NotFound(f"model {name!r} has no version {version!r}") from None
-        model = dep.versions.get(v)
-        if model is None:
-            raise NotFound(f"model {name!r} version {version} is not loaded")
-        return model
+        return _explicit(dep, version)
+
+    def route(self, name: str, version: str = "", key: str | None = None) -> Routed:
+        """Routes one request: an explicit version bypasses the split."""
+        dep = self.deployment(name)
+        if version:
+            return Routed(_explicit(dep, version), "explicit", dep.revision)
+        v = dep.assign(key)
+        shadow = None
+        if dep.wants_shadow(key) and dep.shadow_version != v:
+            shadow = dep.versions.get(dep.shadow_version or -1)
+        return Routed(dep.versions[v], f"v{v}", dep.revision, shadow)
+
+
+def _explicit(dep: Deployment, version: str) -> LoadedModel:
+    try:
+        v = int(version)
+    except ValueError:
+        raise NotFound(f"model {dep.name!r} has no version {version!r}") from None
+    model = dep.versions.get(v)
+    if model is None:
+        raise NotFound(f"model {dep.name!r} version {version} is not loaded")
+    return model
 
 
 def load_repository(
@@ -63,31 +149,46 @@ def load_repository(
     version that loads is live."""
     deployments: dict[str, Deployment] = {}
     for name in repo.models():
-        loaded: dict[int, LoadedModel] = {}
-        for ref in repo.versions(name):
-            try:
-                loaded[ref.version] = load_version(
-                    repo, ref, onnx_threads, drift_slots, drift_slot_seconds
-                )
-            except IntegrityError as e:
-                log.error(
-                    "model version refused",
-                    extra={"model": name, "version": ref.version, "reason": e.message},
-                )
-                continue
-            m = loaded[ref.version]
-            log.info(
-                "model version loaded",
-                extra={
-                    "model": name,
-                    "version": ref.version,
-                    "platform": m.platform,
-                    "sha256": m.manifest.model_sha256,
-                    "features": m.pipeline.n_features,
-                },
-            )
+        loaded = load_versions(repo, name, None, onnx_threads, drift_slots, drift_slot_seconds)
         if loaded:
             live = max(loaded)
             deployments[name] = Deployment(name, MappingProxyType(loaded), live)
             log.info("model live", extra={"model": name, "version": live})
     return RoutingTable(MappingProxyType(deployments))
+
+
+def load_versions(
+    repo: ModelRepository,
+    name: str,
+    only: set[int] | None,
+    onnx_threads: int = 1,
+    drift_slots: int = 60,
+    drift_slot_seconds: int = 60,
+) -> dict[int, LoadedModel]:
+    """Loads the versions of `name` (all, or those in `only`), logging refusals."""
+    loaded: dict[int, LoadedModel] = {}
+    for ref in repo.versions(name):
+        if only is not None and ref.version not in only:
+            continue
+        try:
+            loaded[ref.version] = load_version(
+                repo, ref, onnx_threads, drift_slots, drift_slot_seconds
+            )
+        except IntegrityError as e:
+            log.error(
+                "model version refused",
+                extra={"model": name, "version": ref.version, "reason": e.message},
+            )
+            continue
+        m = loaded[ref.version]
+        log.info(
+            "model version loaded",
+            extra={
+                "model": name,
+                "version": ref.version,
+                "platform": m.platform,
+                "sha256": m.manifest.model_sha256,
+                "features": m.pipeline.n_features,
+            },
+        )
+    return loaded

@@ -2,20 +2,85 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from riskserve.dataplane import SERVER_NAME, DataPlane
+from riskserve.errors import InvalidInput, Unavailable
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
+from riskserve.routing.manager import DeploymentManager
+from riskserve.transport.admin import actor_of
 from riskserve.transport.codec import decode_request, encode_response
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, dataplane: DataPlane, version: str) -> None:
+    def __init__(
+        self, dataplane: DataPlane, version: str, manager: DeploymentManager | None = None
+    ) -> None:
         self._dp = dataplane
         self._version = version
+        self._manager = manager
+
+    def _mgr(self) -> DeploymentManager:
+        if self._manager is None:
+            raise Unavailable("the model repository extension is not enabled")
+        return self._manager
+
+    # -- repository extension (admin: needs the bearer token) -----------------------
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        out = []
+        for name, versions in self._mgr().list_models():
+            for v in versions:
+                ready = v["state"] == "LOADED"
+                if request.ready and not ready:
+                    continue
+                out.append(
+                    pb.RepositoryIndexResponse.ModelIndex(
+                        name=name,
+                        version=str(v["version"]),
+                        state="READY" if ready else "UNAVAILABLE",
+                        reason=v["reason"],
+                    )
+                )
+        return pb.RepositoryIndexResponse(models=out)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        """Loads a version (parameter `version`, default the newest in the
+        registry) and sends it all traffic: LoadVersion then Promote."""
+        m = self._mgr()
+        name = request.model_name
+        if not name:
+            raise InvalidInput("field 'model_name' is required")
+        version = _version_param(request.parameters) or m.newest_available(name)
+        actor = actor_of(context)
+        await m.load(name, version, actor, "RepositoryModelLoad")
+        await m.promote(name, version, actor, "RepositoryModelLoad")
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        """With parameter `version`: UnloadVersion. Without: the model leaves
+        service (NOT_FOUND until loaded again)."""
+        m = self._mgr()
+        name = request.model_name
+        if not name:
+            raise InvalidInput("field 'model_name' is required")
+        version = _version_param(request.parameters)
+        if version:
+            await m.unload(name, version, actor_of(context), "RepositoryModelUnload")
+        else:
+            await m.remove(name, actor_of(context), "RepositoryModelUnload")
+        return pb.RepositoryModelUnloadResponse()
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -56,3 +121,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         req = decode_request(request, context.time_remaining())
         result = await self._dp.infer(req)
         return encode_response(result)
+
+
+def _version_param(params: Any) -> int:
+    p = params.get("version") if "version" in params else None
+    if p is None:
+        return 0
+    which = p.WhichOneof("parameter_choice")
+    raw = getattr(p, which) if which else ""
+    try:
+        v = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"parameter 'version' must be an integer, got {raw!r}") from None
+    if v <= 0:
+        raise InvalidInput("parameter 'version' must be >= 1")
+    return v

@@ -1,0 +1,580 @@
+"""Deployments over time: load, unload, split, shadow, promote, rollback, with
+every revision persisted (models/<name>/deployment.json, written atomically) and
+restored at start. Admin changes are serialised by one lock; loading, verifying
+and warming up run off the event loop; the routing table is swapped atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from riskserve.config import Settings
+from riskserve.errors import Conflict, IntegrityError, InvalidInput, NotFound, RiskserveError
+from riskserve.registry import ModelRepository
+from riskserve.routing.table import Deployment, RoutingTable, Variant, load_versions
+from riskserve.runtime import LoadedModel, load_version
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "deployment.json"
+STATE_FORMAT = "riskserve.deployment/v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Revision:
+    revision: int
+    action: str
+    variants: tuple[tuple[int, int], ...]  # (version, weight)
+    salt: str
+    shadow_version: int | None
+    shadow_percent: float
+    loaded: tuple[int, ...]
+    updated_at: str
+    actor: str
+    reason: str
+    #: The next rollback searches revisions numbered below this.
+    undo_from: int
+
+    def traffic(self) -> tuple[Any, ...]:
+        return (self.variants, self.salt, self.shadow_version, self.shadow_percent)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["variants"] = [list(v) for v in self.variants]
+        d["loaded"] = list(self.loaded)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Revision:
+        return cls(
+            revision=int(d["revision"]),
+            action=str(d["action"]),
+            variants=tuple((int(v), int(w)) for v, w in d["variants"]),
+            salt=str(d["salt"]),
+            shadow_version=None if d.get("shadow_version") is None else int(d["shadow_version"]),
+            shadow_percent=float(d.get("shadow_percent", 0.0)),
+            loaded=tuple(int(v) for v in d["loaded"]),
+            updated_at=str(d["updated_at"]),
+            actor=str(d.get("actor", "")),
+            reason=str(d.get("reason", "")),
+            undo_from=int(d.get("undo_from", d["revision"])),
+        )
+
+
+@dataclasses.dataclass
+class ModelState:
+    name: str
+    history: list[Revision]
+    models: dict[int, LoadedModel]
+
+    @property
+    def current(self) -> Revision:
+        return self.history[-1]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".deployment-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def compatible(control: LoadedModel, candidate: LoadedModel) -> str | None:
+    """Why `candidate` cannot join `control`'s deployment, or None."""
+    a = [(i.name, i.datatype) for i in control.inputs]
+    b = [(i.name, i.datatype) for i in candidate.inputs]
+    if sorted(a) == sorted(b):
+        return None
+    missing = sorted(set(a) - set(b))
+    extra = sorted(set(b) - set(a))
+    return (
+        f"inputs differ from version {control.version}: "
+        f"missing {[f'{n}:{t}' for n, t in missing]}, new {[f'{n}:{t}' for n, t in extra]}"
+    )
+
+
+class DeploymentManager:
+    def __init__(
+        self,
+        settings: Settings,
+        repo: ModelRepository,
+        publish: Callable[[RoutingTable], None],
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self._publish = publish
+        self._states: dict[str, ModelState] = {}
+        #: History of models taken out of service (RepositoryModelUnload).
+        self._removed: dict[str, list[Revision]] = {}
+        self._lock = asyncio.Lock()
+        self.on_change: list[Callable[[str, Revision], None]] = []
+
+    # -- start -------------------------------------------------------------------
+
+    def restore(self) -> RoutingTable:
+        """Restores every model's deployment from deployment.json, or starts one
+        with every version that loads and the newest live."""
+        for name in self.repo.models():
+            path = self.repo.root / name / STATE_FILE
+            history: list[Revision] = []
+            if path.exists():
+                try:
+                    data = json.loads(path.read_text())
+                    history = [Revision.from_json(r) for r in data["history"]]
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    log.error(
+                        "deployment state unreadable; starting fresh",
+                        extra={"model": name, "path": str(path), "reason": str(e)},
+                    )
+                    history = []
+            if history and history[-1].action == "remove":
+                self._removed[name] = history
+                log.info("model stays unloaded", extra={"model": name})
+                continue
+            wanted = None
+            if history:
+                cur = history[-1]
+                wanted = set(cur.loaded) | {v for v, _ in cur.variants}
+                if cur.shadow_version is not None:
+                    wanted.add(cur.shadow_version)
+            models = self._load_sync(name, wanted)
+            if history and all(v in models for v, w in history[-1].variants if w > 0):
+                cur = history[-1]
+                shadow_ok = cur.shadow_version is None or cur.shadow_version in models
+                if not shadow_ok or set(cur.loaded) - set(models):
+                    history.append(
+                        dataclasses.replace(
+                            cur,
+                            revision=cur.revision + 1,
+                            action="restore",
+                            loaded=tuple(sorted(models)),
+                            shadow_version=cur.shadow_version if shadow_ok else None,
+                            shadow_percent=cur.shadow_percent if shadow_ok else 0.0,
+                            updated_at=_now(),
+                            actor="riskserve",
+                            reason="some versions failed to load at start",
+                            undo_from=cur.revision + 1,
+                        )
+                    )
+                log.info(
+                    "deployment restored",
+                    extra={"model": name, "revision": history[-1].revision},
+                )
+            elif models:
+                if history:
+                    log.error(
+                        "deployment state names versions that do not load; serving the newest",
+                        extra={"model": name},
+                    )
+                    models = {**models, **self._load_sync(name, None)}
+                live = max(models)
+                rev = (history[-1].revision + 1) if history else 1
+                history.append(
+                    Revision(
+                        revision=rev,
+                        action="start",
+                        variants=((live, 100),),
+                        salt=name,
+                        shadow_version=None,
+                        shadow_percent=0.0,
+                        loaded=tuple(sorted(models)),
+                        updated_at=_now(),
+                        actor="riskserve",
+                        reason="no deployment state: newest version live",
+                        undo_from=rev,
+                    )
+                )
+            if not models:
+                continue
+            state = ModelState(name, history, models)
+            self._states[name] = state
+            self._persist(state)
+        table = self._table()
+        self._publish(table)
+        return table
+
+    def _load_sync(self, name: str, only: set[int] | None) -> dict[int, LoadedModel]:
+        s = self.settings
+        return load_versions(
+            self.repo, name, only, s.onnx_threads, s.drift_slots, s.drift_slot_seconds
+        )
+
+    # -- read-outs -----------------------------------------------------------------
+
+    def state(self, name: str) -> ModelState:
+        st = self._states.get(name)
+        if st is None:
+            raise NotFound(f"model {name!r} has no deployment")
+        return st
+
+    def names(self) -> list[str]:
+        return sorted(self._states)
+
+    def history(self, name: str, limit: int = 0) -> list[Revision]:
+        h = self.state(name).history
+        return list(reversed(h[-limit:] if limit > 0 else h))
+
+    def list_models(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        out = []
+        for name in sorted(set(self.repo.models()) | set(self._states)):
+            st = self._states.get(name)
+            versions = []
+            for ref in self.repo.versions(name):
+                m = st.models.get(ref.version) if st else None
+                if m is not None:
+                    versions.append(
+                        {
+                            "version": ref.version,
+                            "state": "LOADED",
+                            "sha256": m.manifest.model_sha256,
+                            "platform": m.platform,
+                            "reason": "",
+                        }
+                    )
+                    continue
+                try:
+                    manifest = self.repo.verify(ref)
+                    versions.append(
+                        {
+                            "version": ref.version,
+                            "state": "AVAILABLE",
+                            "sha256": manifest.model_sha256,
+                            "platform": manifest.model_format,
+                            "reason": "",
+                        }
+                    )
+                except IntegrityError as e:
+                    versions.append(
+                        {
+                            "version": ref.version,
+                            "state": "REFUSED",
+                            "sha256": "",
+                            "platform": "",
+                            "reason": e.message,
+                        }
+                    )
+            out.append((name, versions))
+        return out
+
+    # -- changes ---------------------------------------------------------------------
+
+    async def load(self, name: str, version: int, actor: str, reason: str) -> Revision:
+        async with self._lock:
+            st = self._states.get(name)
+            if st is not None and version in st.models:
+                return st.current
+            model = await self._load_one(name, version)
+            if st is None:
+                st = ModelState(name, self._removed.pop(name, []), {version: model})
+                self._states[name] = st
+                return self._commit(
+                    st,
+                    "load",
+                    ((version, 100),),
+                    name,
+                    None,
+                    0.0,
+                    actor,
+                    reason or "first version of a new model",
+                )
+            why = compatible(st.models[self._control(st)], model)
+            if why is not None:
+                raise Conflict(f"{name} version {version} refused: {why}")
+            st.models[version] = model
+            cur = st.current
+            return self._commit(
+                st,
+                "load",
+                cur.variants,
+                cur.salt,
+                cur.shadow_version,
+                cur.shadow_percent,
+                actor,
+                reason,
+            )
+
+    async def _load_one(self, name: str, version: int) -> LoadedModel:
+        ref = self.repo.version(name, version)  # NotFound when absent
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                None,
+                lambda: load_version(
+                    self.repo, ref, s.onnx_threads, s.drift_slots, s.drift_slot_seconds
+                ),
+            )
+        except IntegrityError as e:
+            log.error(
+                "model version refused",
+                extra={"model": name, "version": version, "reason": e.message},
+            )
+            raise Conflict(f"{name} version {version} refused: {e.message}") from None
+
+    async def unload(self, name: str, version: int, actor: str, reason: str) -> Revision:
+        async with self._lock:
+            st = self.state(name)
+            if version not in st.models:
+                raise NotFound(f"model {name!r} version {version} is not loaded")
+            cur = st.current
+            if any(v == version and w > 0 for v, w in cur.variants):
+                raise Conflict(
+                    f"{name} version {version} takes traffic; move its traffic away first"
+                )
+            shadow = cur.shadow_version if cur.shadow_version != version else None
+            del st.models[version]
+            variants = tuple((v, w) for v, w in cur.variants if v != version)
+            return self._commit(
+                st,
+                "unload",
+                variants,
+                cur.salt,
+                shadow,
+                cur.shadow_percent if shadow is not None else 0.0,
+                actor,
+                reason,
+            )
+
+    async def remove(self, name: str, actor: str, reason: str) -> None:
+        """Takes a model out of service entirely (it answers NOT_FOUND until a
+        version is loaded again); the state survives restarts."""
+        async with self._lock:
+            st = self.state(name)
+            cur = st.current
+            rev = dataclasses.replace(
+                cur,
+                revision=cur.revision + 1,
+                action="remove",
+                variants=(),
+                shadow_version=None,
+                shadow_percent=0.0,
+                loaded=(),
+                updated_at=_now(),
+                actor=actor,
+                reason=reason,
+                undo_from=cur.revision + 1,
+            )
+            st.history.append(rev)
+            self._persist(st)
+            del self._states[name]
+            self._removed[name] = st.history
+            self._publish(self._table())
+            log.info("model removed", extra={"model": name, "actor": actor, "reason": reason})
+
+    async def set_traffic(
+        self, name: str, variants: Iterable[tuple[int, int]], salt: str, actor: str, reason: str
+    ) -> Revision:
+        async with self._lock:
+            st = self.state(name)
+            vs = self._check_variants(st, list(variants))
+            cur = st.current
+            return self._commit(
+                st,
+                "set_traffic",
+                vs,
+                salt or cur.salt,
+                cur.shadow_version,
+                cur.shadow_percent,
+                actor,
+                reason,
+            )
+
+    async def set_shadow(
+        self, name: str, version: int, percent: float, actor: str, reason: str
+    ) -> Revision:
+        async with self._lock:
+            st = self.state(name)
+            if not 0.0 <= percent <= 100.0:
+                raise InvalidInput(f"shadow sample percent must be in 0..100, got {percent}")
+            if version == 0 or percent == 0:
+                shadow: int | None = None
+                percent = 0.0
+            else:
+                if version not in st.models:
+                    raise Conflict(f"{name} version {version} is not loaded; load it first")
+                shadow = version
+            cur = st.current
+            return self._commit(
+                st, "set_shadow", cur.variants, cur.salt, shadow, percent, actor, reason
+            )
+
+    async def promote(self, name: str, version: int, actor: str, reason: str) -> Revision:
+        async with self._lock:
+            st = self.state(name)
+            if version not in st.models:
+                raise Conflict(f"{name} version {version} is not loaded; load it first")
+            cur = st.current
+            variants = tuple(sorted(({v: 0 for v, _ in cur.variants} | {version: 100}).items()))
+            shadow = cur.shadow_version if cur.shadow_version != version else None
+            return self._commit(
+                st,
+                "promote",
+                variants,
+                cur.salt,
+                shadow,
+                cur.shadow_percent if shadow is not None else 0.0,
+                actor,
+                reason,
+            )
+
+    async def rollback(self, name: str, actor: str, reason: str) -> Revision:
+        async with self._lock:
+            return await self._rollback_locked(name, actor, reason, "rollback")
+
+    async def _rollback_locked(self, name: str, actor: str, reason: str, action: str) -> Revision:
+        st = self.state(name)
+        cur = st.current
+        target = None
+        for r in reversed(st.history):
+            if r.revision < cur.undo_from and r.traffic() != cur.traffic():
+                target = r
+                break
+        if target is None:
+            raise Conflict(f"{name} has no earlier deployment revision to roll back to")
+        needed = {v for v, w in target.variants if w > 0}
+        if target.shadow_version is not None:
+            needed.add(target.shadow_version)
+        for v in sorted(needed - set(st.models)):
+            st.models[v] = await self._load_one(name, v)
+        return self._commit(
+            st,
+            action,
+            target.variants,
+            target.salt,
+            target.shadow_version,
+            target.shadow_percent,
+            actor,
+            reason or f"roll back to revision {target.revision}",
+            undo_from=target.revision,
+        )
+
+    def _check_variants(
+        self, st: ModelState, variants: list[tuple[int, int]]
+    ) -> tuple[tuple[int, int], ...]:
+        if not variants:
+            raise InvalidInput("at least one variant is needed")
+        seen: set[int] = set()
+        for v, w in variants:
+            if v in seen:
+                raise InvalidInput(f"version {v} is listed twice")
+            seen.add(v)
+            if not 0 <= w <= 100:
+                raise InvalidInput(f"weight of version {v} must be in 0..100, got {w}")
+            if v not in st.models:
+                raise Conflict(f"{st.name} version {v} is not loaded; load it first")
+        total = sum(w for _, w in variants)
+        if total != 100:
+            raise InvalidInput(f"weights must sum to 100, got {total}")
+        return tuple(sorted(variants))
+
+    @staticmethod
+    def _control(st: ModelState) -> int:
+        return max(st.current.variants, key=lambda vw: (vw[1], vw[0]))[0]
+
+    def _commit(
+        self,
+        st: ModelState,
+        action: str,
+        variants: tuple[tuple[int, int], ...],
+        salt: str,
+        shadow_version: int | None,
+        shadow_percent: float,
+        actor: str,
+        reason: str,
+        undo_from: int | None = None,
+    ) -> Revision:
+        rev_no = st.current.revision + 1 if st.history else 1
+        rev = Revision(
+            revision=rev_no,
+            action=action,
+            variants=tuple(sorted(variants)),
+            salt=salt,
+            shadow_version=shadow_version,
+            shadow_percent=shadow_percent,
+            loaded=tuple(sorted(st.models)),
+            updated_at=_now(),
+            actor=actor,
+            reason=reason,
+            undo_from=rev_no if undo_from is None else undo_from,
+        )
+        st.history.append(rev)
+        try:
+            table = self._table()  # validates before anything is published
+        except (ValueError, KeyError) as e:
+            st.history.pop()
+            raise RiskserveError(f"internal: deployment would be invalid: {e}") from e
+        self._persist(st)
+        self._publish(table)
+        log.info(
+            "deployment changed",
+            extra={
+                "model": st.name,
+                "revision": rev.revision,
+                "action": action,
+                "variants": [list(v) for v in rev.variants],
+                "shadow": rev.shadow_version,
+                "actor": actor,
+                "reason": reason,
+            },
+        )
+        for cb in self.on_change:
+            cb(st.name, rev)
+        return rev
+
+    def _persist(self, st: ModelState) -> None:
+        path = self.repo.root / st.name / STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = {
+            "format": STATE_FORMAT,
+            "model": st.name,
+            "current": st.current.revision,
+            "history": [r.to_json() for r in st.history],
+        }
+        _write_atomic(path, json.dumps(body, indent=2) + "\n")
+
+    def newest_available(self, name: str) -> int:
+        refs = self.repo.versions(name)
+        if not refs:
+            raise NotFound(f"model {name!r} has no versions in the registry")
+        return refs[-1].version
+
+    def _table(self) -> RoutingTable:
+        deps: dict[str, Deployment] = {}
+        for name, st in self._states.items():
+            cur = st.current
+            weights = [Variant(v, w) for v, w in cur.variants]
+            deps[name] = Deployment(
+                name=name,
+                versions=MappingProxyType(dict(st.models)),
+                live=self._control(st),
+                variants=tuple(weights),
+                salt=cur.salt,
+                revision=cur.revision,
+                shadow_version=cur.shadow_version,
+                shadow_percent=cur.shadow_percent,
+            )
+        return RoutingTable(MappingProxyType(deps))

@@ -1,0 +1,108 @@
+"""riskserve.admin.v1.ModelAdmin over the DeploymentManager."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from riskserve.errors import InvalidInput
+from riskserve.monitoring import Metrics
+from riskserve.pb.riskserve.admin.v1 import admin_pb2 as pb
+from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc as pb_grpc
+from riskserve.routing.manager import DeploymentManager, Revision
+
+SERVICE_NAME = "riskserve.admin.v1.ModelAdmin"
+
+
+def actor_of(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-actor":
+            return str(value)[:128]
+    return "admin"
+
+
+def deployment_pb(name: str, rev: Revision) -> pb.Deployment:
+    return pb.Deployment(
+        model=name,
+        revision=rev.revision,
+        variants=[pb.Variant(version=v, weight=w) for v, w in rev.variants],
+        salt=rev.salt,
+        shadow=pb.Shadow(version=rev.shadow_version or 0, sample_percent=rev.shadow_percent),
+        loaded_versions=list(rev.loaded),
+        updated_at=rev.updated_at,
+        actor=rev.actor,
+        reason=rev.reason,
+    )
+
+
+def _model(name: str) -> str:
+    if not name:
+        raise InvalidInput("field 'model' is required")
+    return name
+
+
+class AdminServicer(pb_grpc.ModelAdminServicer):  # type: ignore[misc]
+    def __init__(self, manager: DeploymentManager, metrics: Metrics) -> None:
+        self.m = manager
+        self.metrics = metrics
+
+    async def ListModels(self, request: Any, context: Any) -> pb.ListModelsResponse:
+        out = []
+        for name, versions in self.m.list_models():
+            out.append(pb.ModelInfo(name=name, versions=[pb.VersionInfo(**v) for v in versions]))
+        return pb.ListModelsResponse(models=out)
+
+    async def LoadVersion(self, request: Any, context: Any) -> pb.LoadVersionResponse:
+        name = _model(request.model)
+        if request.version <= 0:
+            raise InvalidInput("field 'version' must be >= 1")
+        rev = await self.m.load(name, request.version, actor_of(context), request.reason)
+        model = self.m.state(name).models[request.version]
+        info = pb.VersionInfo(
+            version=request.version,
+            state="LOADED",
+            sha256=model.manifest.model_sha256,
+            platform=model.platform,
+        )
+        return pb.LoadVersionResponse(version=info, deployment=deployment_pb(name, rev))
+
+    async def UnloadVersion(self, request: Any, context: Any) -> pb.UnloadVersionResponse:
+        name = _model(request.model)
+        rev = await self.m.unload(name, request.version, actor_of(context), request.reason)
+        return pb.UnloadVersionResponse(deployment=deployment_pb(name, rev))
+
+    async def GetDeployment(self, request: Any, context: Any) -> pb.Deployment:
+        name = _model(request.model)
+        return deployment_pb(name, self.m.state(name).current)
+
+    async def SetTraffic(self, request: Any, context: Any) -> pb.Deployment:
+        name = _model(request.model)
+        variants = [(v.version, v.weight) for v in request.variants]
+        rev = await self.m.set_traffic(
+            name, variants, request.salt, actor_of(context), request.reason
+        )
+        return deployment_pb(name, rev)
+
+    async def SetShadow(self, request: Any, context: Any) -> pb.Deployment:
+        name = _model(request.model)
+        rev = await self.m.set_shadow(
+            name, request.version, request.sample_percent, actor_of(context), request.reason
+        )
+        return deployment_pb(name, rev)
+
+    async def Promote(self, request: Any, context: Any) -> pb.Deployment:
+        name = _model(request.model)
+        rev = await self.m.promote(name, request.version, actor_of(context), request.reason)
+        return deployment_pb(name, rev)
+
+    async def Rollback(self, request: Any, context: Any) -> pb.Deployment:
+        name = _model(request.model)
+        rev = await self.m.rollback(name, actor_of(context), request.reason)
+        self.metrics.rollbacks.labels(name, "manual").inc()
+        return deployment_pb(name, rev)
+
+    async def History(self, request: Any, context: Any) -> pb.HistoryResponse:
+        name = _model(request.model)
+        revs = self.m.history(name, request.limit)
+        return pb.HistoryResponse(revisions=[deployment_pb(name, r) for r in revs])
