@@ -127,6 +127,88 @@ def cmd_drift_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_deployment(d: Any) -> None:
+    shadow = f"v{d.shadow.version} at {d.shadow.sample_percent:g}%" if d.shadow.version else "-"
+    print(f"model {d.model}  revision {d.revision}  salt {d.salt!r}  shadow {shadow}")
+    print(f"loaded: {', '.join(f'v{v}' for v in d.loaded_versions) or '-'}")
+    print(f"{'variant':<10} {'weight':>6}")
+    for v in d.variants:
+        print(f"{'v' + str(v.version):<10} {v.weight:>5}%")
+    print(f"updated {d.updated_at} by {d.actor or '-'}: {d.reason or '-'}")
+
+
+def cmd_admin(a: argparse.Namespace) -> int:
+    import os
+
+    import grpc
+
+    from riskserve.pb.riskserve.admin.v1 import admin_pb2 as apb
+    from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc as agrpc
+
+    token = a.token or os.environ.get("RISKSERVE_ADMIN_TOKEN", "")
+    md = [("authorization", f"Bearer {token}"), ("x-actor", os.environ.get("USER", "cli"))]
+    channel = grpc.insecure_channel(a.server)
+    stub = agrpc.ModelAdminStub(channel)
+    kw: dict[str, Any] = {"metadata": md, "timeout": a.timeout}
+    try:
+        op = a.op
+        if op == "models":
+            resp = stub.ListModels(apb.ListModelsRequest(), **kw)
+            print(f"{'model':<16} {'version':>7} {'state':<10} {'platform':<18} sha256")
+            for m in resp.models:
+                for v in m.versions:
+                    extra = v.sha256[:16] or v.reason
+                    print(f"{m.name:<16} {v.version:>7} {v.state:<10} {v.platform:<18} {extra}")
+        elif op == "deployment":
+            _print_deployment(stub.GetDeployment(apb.GetDeploymentRequest(model=a.model), **kw))
+        elif op == "load":
+            r = stub.LoadVersion(
+                apb.LoadVersionRequest(model=a.model, version=a.version, reason=a.reason), **kw
+            )
+            _print_deployment(r.deployment)
+        elif op == "unload":
+            r = stub.UnloadVersion(
+                apb.UnloadVersionRequest(model=a.model, version=a.version, reason=a.reason), **kw
+            )
+            _print_deployment(r.deployment)
+        elif op == "set-traffic":
+            variants = []
+            for item in a.weights:
+                v, _, w = item.partition("=")
+                if not w:
+                    print(f"expected VERSION=WEIGHT, got {item!r}", file=sys.stderr)
+                    return 2
+                variants.append(apb.Variant(version=int(v.lstrip("v")), weight=int(w)))
+            req = apb.SetTrafficRequest(
+                model=a.model, variants=variants, salt=a.salt or "", reason=a.reason
+            )
+            _print_deployment(stub.SetTraffic(req, **kw))
+        elif op == "shadow":
+            req = apb.SetShadowRequest(
+                model=a.model, version=a.version, sample_percent=a.percent, reason=a.reason
+            )
+            _print_deployment(stub.SetShadow(req, **kw))
+        elif op == "promote":
+            req = apb.PromoteRequest(model=a.model, version=a.version, reason=a.reason)
+            _print_deployment(stub.Promote(req, **kw))
+        elif op == "rollback":
+            _print_deployment(
+                stub.Rollback(apb.RollbackRequest(model=a.model, reason=a.reason), **kw)
+            )
+        elif op == "history":
+            h = stub.History(apb.HistoryRequest(model=a.model, limit=a.limit), **kw)
+            print(f"{'rev':>4} {'updated':<29} {'actor':<14} {'traffic':<24} reason")
+            for d in h.revisions:
+                traffic = " ".join(f"v{v.version}={v.weight}" for v in d.variants if v.weight)
+                print(f"{d.revision:>4} {d.updated_at:<29} {d.actor:<14} {traffic:<24} {d.reason}")
+    except grpc.RpcError as e:
+        print(f"riskserve admin {a.op}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="riskserve", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -171,6 +253,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=7, help="without --json: a generated example")
     c.add_argument("--timeout", type=float, default=10.0)
     c.set_defaults(fn=cmd_score)
+
+    ad = sub.add_parser("admin", help="deployments: load, split, shadow, promote, rollback")
+    ad.add_argument("--server", default="localhost:8001")
+    ad.add_argument("--token", help="default: $RISKSERVE_ADMIN_TOKEN")
+    ad.add_argument("--timeout", type=float, default=60.0)
+    ad.add_argument("--reason", default="", help="recorded in the history")
+    ops = ad.add_subparsers(dest="op", required=True)
+    ops.add_parser("models", help="models, versions, state, sha256")
+    for op in ("deployment", "rollback", "history"):
+        o = ops.add_parser(op)
+        o.add_argument("model")
+        if op == "history":
+            o.add_argument("--limit", type=int, default=20)
+    for op in ("load", "unload", "promote"):
+        o = ops.add_parser(op)
+        o.add_argument("model")
+        o.add_argument("version", type=int)
+    o = ops.add_parser("set-traffic", help="e.g. set-traffic fraud 1=90 2=10")
+    o.add_argument("model")
+    o.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
+    o.add_argument("--salt")
+    o = ops.add_parser("shadow", help="shadow MODEL VERSION PERCENT (0 0 removes it)")
+    o.add_argument("model")
+    o.add_argument("version", type=int)
+    o.add_argument("percent", type=float)
+    ad.set_defaults(fn=cmd_admin)
 
     for name, fn, helptext in (
         ("drift", cmd_drift, "print PSI per field from a server's /metrics, worst first"),

@@ -2,7 +2,10 @@
 //! when C-contiguous with a supported dtype); strings become spans over one buffer,
 //! and a `bytes` object is read as a V2 packed BYTES tensor without copying.
 
-use numpy::{PyArrayDescrMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{
+    PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyString};
@@ -77,8 +80,40 @@ fn hold_array<'py>(name: &str, value: &Bound<'py, PyAny>) -> PyResult<Held<'py>>
             kind as char
         )));
     }
+    // Fast path: a C-contiguous array of a supported dtype is read in place,
+    // dispatched on (kind, itemsize) so no failed conversion is ever attempted.
+    if arr.is_c_contiguous() {
+        let size = arr.dtype().itemsize();
+        let held = match (kind, size) {
+            (b'f', 8) => value
+                .cast::<PyArrayDyn<f64>>()
+                .ok()
+                .map(|a| Held::F64(a.readonly())),
+            (b'f', 4) => value
+                .cast::<PyArrayDyn<f32>>()
+                .ok()
+                .map(|a| Held::F32(a.readonly())),
+            (b'i', 8) => value
+                .cast::<PyArrayDyn<i64>>()
+                .ok()
+                .map(|a| Held::I64(a.readonly())),
+            (b'i', 4) => value
+                .cast::<PyArrayDyn<i32>>()
+                .ok()
+                .map(|a| Held::I32(a.readonly())),
+            (b'b', 1) => value
+                .cast::<PyArrayDyn<bool>>()
+                .ok()
+                .map(|a| Held::Bool(a.readonly())),
+            _ => None,
+        };
+        if let Some(h) = held {
+            return Ok(h);
+        }
+    }
+    // Slow path: strided arrays get one contiguous copy; other numeric dtypes
+    // (int8, uint32, float16, big-endian, ...) are widened to float64 once.
     let numpy = py.import("numpy")?;
-    // No copy when already C-contiguous; otherwise one contiguous copy.
     let mut a = numpy.call_method1("ascontiguousarray", (value,))?;
     loop {
         if let Ok(x) = a.extract::<PyReadonlyArrayDyn<'py, f64>>() {
@@ -96,7 +131,6 @@ fn hold_array<'py>(name: &str, value: &Bound<'py, PyAny>) -> PyResult<Held<'py>>
         if let Ok(x) = a.extract::<PyReadonlyArrayDyn<'py, bool>>() {
             return Ok(Held::Bool(x));
         }
-        // Other numeric dtypes (int8, uint32, float16, ...) are widened once.
         a = numpy.call_method1("ascontiguousarray", (a, "float64"))?;
     }
 }
