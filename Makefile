@@ -9,7 +9,7 @@ RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml C
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all install build serve test test-rust test-python lint fmt demo-model bench clean proto
+.PHONY: all install build serve test tools test-rust test-python lint fmt demo-model bench clean proto
 
 all: build
 
@@ -47,6 +47,15 @@ serve: demo-model
 
 test: test-rust lint test-python
 
+# promtool and prometheus (Debian's package) for the rules tests and the real
+# Prometheus scrape test. Installed when missing.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  echo ">> installing Debian's prometheus package (promtool, prometheus)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
 test-rust: $(VENV)/.built
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
@@ -58,7 +67,7 @@ lint: $(VENV)/.built
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest riskserve._native --allowlist stubtest-allowlist.txt
 
-test-python: $(VENV)/.built
+test-python: $(VENV)/.built tools
 	$(PY) -m pytest -q
 
 fmt:

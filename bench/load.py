@@ -28,6 +28,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class ProcJob:
 def fetch_metadata(target: str, model: str, wait: float) -> dict[str, Any]:
     """Waits for ServerReady and ModelReady, then returns the model's metadata."""
     import grpc
+
     from riskserve.pb.inference import grpc_service_pb2 as pb
     from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 
@@ -112,6 +114,7 @@ def build_payloads(
 
 async def _run_clients(job: ProcJob, sync: Any) -> dict[str, Any]:
     import grpc
+
     from riskserve.pb.inference import grpc_service_pb2 as pb
     from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 
@@ -279,6 +282,30 @@ def run_load(
 
 
 # --------------------------------------------------------------------------- report
+
+
+def code_revision() -> str:
+    """The repo's commit (+dirty when tracked files differ); read-only git calls."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        git = ["git", "--no-optional-locks", "-C", str(root)]
+        rev = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def summarize(
@@ -524,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "affinity": sorted(os.sched_getaffinity(0)),
             "python": platform.python_version(),
+            "code_revision": code_revision(),
         },
         "result": res,
     }

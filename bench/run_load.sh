@@ -3,15 +3,18 @@
 #
 #   bench/run_load.sh
 #
-# Environment (defaults): PORT=18101 CONCURRENCY="1 8" DURATION=15 WARMUP=3 ROWS=1
-#   SERVER_CORE=0 CLIENT_CORE=1 LOAD_ARGS="" (extra bench/load.py flags)
+# Environment (defaults): PORT=18101 METRICS_PORT=18102 CONCURRENCY="1 8" DURATION=15
+#   WARMUP=3 ROWS=1 SERVER_CORE=0 CLIENT_CORE=1 LOAD_ARGS="" (extra bench/load.py flags)
+#   RETRAIN=1 retrains the model even if bench/results/models/fraud exists.
+#   NAME=load: output files are bench/results/$NAME-c<C>.{json,png}. E.g. the transport floor:
+#   NAME=live LOAD_ARGS="--rpc live" bench/run_load.sh
 #
 # 1. If bench/results/models/fraud is absent: datagen 50k rows, train "fraud" with
 #    python/riskserve/training/specs/fraud.json, 300 rounds, into bench/results/models.
 # 2. Starts `riskserve serve` on 127.0.0.1:$PORT under `taskset -c $SERVER_CORE`, waits for
 #    ServerReady.
 # 3. Runs bench/load.py under `taskset -c $CLIENT_CORE` for each concurrency, writing
-#    bench/results/load-c<C>.json and .png (the server's CPU use is added to the JSON).
+#    bench/results/$NAME-c<C>.json and .png (the server's CPU use is added to the JSON).
 # 4. Stops the server (SIGTERM, graceful drain), also on failure or Ctrl-C.
 set -euo pipefail
 
@@ -22,6 +25,7 @@ RESULTS=bench/results
 MODELS=$RESULTS/models
 DATA=$RESULTS/data/fraud-50k.parquet
 PORT=${PORT:-18101}
+METRICS_PORT=${METRICS_PORT:-18102}
 CONCURRENCY=${CONCURRENCY:-"1 8"}
 DURATION=${DURATION:-15}
 WARMUP=${WARMUP:-3}
@@ -29,8 +33,13 @@ ROWS=${ROWS:-1}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 LOAD_ARGS=${LOAD_ARGS:-}
+NAME=${NAME:-load}
 
 mkdir -p "$RESULTS"
+
+if [ "${RETRAIN:-0}" = 1 ]; then
+    rm -rf "$MODELS"
+fi
 
 if [ ! -d "$MODELS/fraud" ]; then
     if [ ! -f "$DATA" ]; then
@@ -45,7 +54,7 @@ fi
 SERVER_LOG=$RESULTS/server.log
 echo "== serve $MODELS on 127.0.0.1:$PORT (core $SERVER_CORE), log $SERVER_LOG"
 taskset -c "$SERVER_CORE" "$RISKSERVE" serve --models "$MODELS" --host 127.0.0.1 \
-    --port "$PORT" >"$SERVER_LOG" 2>&1 &
+    --port "$PORT" --metrics-port "$METRICS_PORT" >"$SERVER_LOG" 2>&1 &
 SERVER_PID=$!
 
 stop_server() {
@@ -90,14 +99,14 @@ server_cpu() {
 }
 
 for C in $CONCURRENCY; do
-    OUT=$RESULTS/load-c$C.json
+    OUT=$RESULTS/$NAME-c$C.json
     echo "== load: concurrency $C, warm-up ${WARMUP}s, ${DURATION}s measured (core $CLIENT_CORE)"
     CPU0=$(server_cpu)
     T0=$(date +%s.%N)
     # shellcheck disable=SC2086  # LOAD_ARGS is a list of flags
     taskset -c "$CLIENT_CORE" "$PY" bench/load.py --target "127.0.0.1:$PORT" --model fraud \
         --concurrency "$C" --duration "$DURATION" --warmup "$WARMUP" --rows "$ROWS" \
-        --out "$OUT" --png "$RESULTS/load-c$C.png" $LOAD_ARGS
+        --out "$OUT" --png "$RESULTS/$NAME-c$C.png" $LOAD_ARGS
     CPU1=$(server_cpu)
     T1=$(date +%s.%N)
     # Server CPU over the whole load.py run (setup + warm-up + measurement).

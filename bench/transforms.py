@@ -37,6 +37,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from numpy_reference import feature_names, reference_transform  # noqa: E402
+
 from riskserve._native import FeaturePipeline, fit_spec  # noqa: E402
 from riskserve.training.datagen import generate  # noqa: E402
 from riskserve.training.train import columns_of  # noqa: E402
@@ -159,14 +160,18 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    git = ["git", "--no-optional-locks", "-C", str(ROOT)]  # read-only calls
     try:
         rev = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
-            timeout=5,
             check=True,
         ).stdout.strip()
+        rev += "+dirty" if dirty else ""
     except (OSError, subprocess.SubprocessError):
         rev = "unknown"
     return {

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from riskserve.training.datagen import TARGET, run_datagen
 from riskserve.training.train import TrainConfig, train
 
