@@ -46,6 +46,8 @@ class Settings:
     #: Prometheus /metrics over HTTP; port 0 picks a free port, -1 disables.
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8002
+    #: Count inputs and scores for drift (off only to measure its cost).
+    drift_enabled: bool = True
     #: Export per-bin drift counters and reference ratios (cardinality switch).
     drift_bins: bool = True
     drift_threshold: float = 0.25
@@ -72,6 +74,11 @@ class Settings:
         settings = cls(**values)
         settings.validate()
         return settings
+
+    @property
+    def drift_slots_or_off(self) -> int:
+        """drift_slots, or 0 (no drift monitor) when drift is disabled."""
+        return self.drift_slots if self.drift_enabled else 0
 
     def validate(self) -> None:
         for name in (

@@ -220,7 +220,7 @@ class DeploymentManager:
     def _load_sync(self, name: str, only: set[int] | None) -> dict[int, LoadedModel]:
         s = self.settings
         return load_versions(
-            self.repo, name, only, s.onnx_threads, s.drift_slots, s.drift_slot_seconds
+            self.repo, name, only, s.onnx_threads, s.drift_slots_or_off, s.drift_slot_seconds
         )
 
     # -- read-outs -----------------------------------------------------------------
@@ -325,7 +325,7 @@ class DeploymentManager:
             return await loop.run_in_executor(
                 None,
                 lambda: load_version(
-                    self.repo, ref, s.onnx_threads, s.drift_slots, s.drift_slot_seconds
+                    self.repo, ref, s.onnx_threads, s.drift_slots_or_off, s.drift_slot_seconds
                 ),
             )
         except IntegrityError as e:

@@ -4,6 +4,7 @@ runtime, its manifest and the V2 metadata derived from its spec."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -42,7 +43,7 @@ class LoadedModel:
     def platform(self) -> str:
         return self.runtime.platform
 
-    @property
+    @functools.cached_property
     def input_index(self) -> Mapping[str, InputInfo]:
         return {i.name: i for i in self.inputs}
 
@@ -81,14 +82,18 @@ def load_version(
     drift_slot_seconds: int = 60,
 ) -> LoadedModel:
     """Verifies, compiles, loads and warms up one version; raises IntegrityError
-    naming the file on any failure."""
+    naming the file on any failure. drift_slots=0 turns drift counting off."""
     manifest = repo.verify(ref)
     spec_path = ref.path / "features.json"
     spec_json = spec_path.read_text()
     try:
         pipeline = FeaturePipeline(spec_json)
         has_reference = json.loads(spec_json).get("reference") is not None
-        drift = DriftMonitor(spec_json, drift_slots, drift_slot_seconds) if has_reference else None
+        drift = (
+            DriftMonitor(spec_json, drift_slots, drift_slot_seconds)
+            if has_reference and drift_slots > 0
+            else None
+        )
     except SpecError as e:
         raise IntegrityError(f"{spec_path}: {e}") from None
     n = pipeline.n_features

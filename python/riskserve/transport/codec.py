@@ -4,6 +4,7 @@ replies are encoded as raw little-endian bytes, never Python lists."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,7 @@ def decode_request(req: pb.ModelInferRequest, time_remaining: float | None = Non
         shape = tuple(int(d) for d in t.shape)
         if any(d < 0 for d in shape):
             raise InvalidInput(f"input {name!r} has a negative dimension in shape {list(shape)}")
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(shape)
         data: TensorData
         if raw:
             data = _decode_raw(name, datatype, shape, count, raw[i])
