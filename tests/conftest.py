@@ -9,6 +9,7 @@ models folder) use the `start_server` factory.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
@@ -50,7 +51,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     scoped = (here / "e2e", here / "registry")
     for item in items:
         path = Path(str(item.path)).resolve()
-        if any(path.is_relative_to(d) for d in scoped) and item.get_closest_marker("timeout") is None:
+        if (
+            any(path.is_relative_to(d) for d in scoped)
+            and item.get_closest_marker("timeout") is None
+        ):
             item.add_marker(pytest.mark.timeout(_DEFAULT_TIMEOUT))
 
 
@@ -111,7 +115,10 @@ class ServerHandle:
         return rc
 
     def stop_and_check(self) -> None:
-        rc = self.stop()
+        self.check_exit(self.stop())
+
+    def check_exit(self, rc: int) -> None:
+        """Exit code 0 after SIGTERM, a "stopped" line, and no traceback in the log."""
         log = self.log_text()
         assert rc == 0, f"server exited with {rc} after SIGTERM\n{log[-5000:]}"
         assert any(e.get("event") == "stopped" for e in self.events()), log[-5000:]
@@ -172,7 +179,43 @@ def start_server_process(models_dir: Path, *extra_args: str) -> ServerHandle:
             f"riskserve serve {why} within {START_TIMEOUT}s; command {cmd}\noutput:\n"
             + "".join(lines)[-8000:]
         )
+    _running.append(proc)
     return ServerHandle(proc=proc, port=port[0], lines=lines, reader=reader)
+
+
+#: Every server started, so none outlives an interrupted test run.
+_running: list[subprocess.Popen[str]] = []
+
+
+@atexit.register
+def _kill_leftover_servers() -> None:
+    for proc in _running:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def served_versions(target: str, models: list[str]) -> dict[str, list[str] | str]:
+    """ModelMetadata.versions per model, or the gRPC status name when it fails."""
+    import grpc
+
+    from riskserve.pb.inference import grpc_service_pb2 as pb
+    from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
+
+    out: dict[str, list[str] | str] = {}
+    with grpc.insecure_channel(target) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        for name in models:
+            try:
+                md = stub.ModelMetadata(pb.ModelMetadataRequest(name=name), timeout=10)
+                out[name] = list(md.versions)
+            except grpc.RpcError as e:
+                out[name] = e.code().name
+    return out
+
+
+@pytest.fixture(scope="session")
+def served() -> Callable[[str, list[str]], dict[str, list[str] | str]]:
+    return served_versions
 
 
 @pytest.fixture(scope="session")
@@ -192,8 +235,9 @@ def start_server() -> Iterator[Callable[..., ServerHandle]]:
         return h
 
     yield start
-    for h in started:
-        h.stop_and_check()
+    codes = [h.stop() for h in started]  # stop them all before checking any
+    for h, rc in zip(started, codes, strict=True):
+        h.check_exit(rc)
 
 
 # --------------------------------------------------------------------------------------
@@ -242,10 +286,10 @@ def models_dir(workdir: Path, train_data: Path) -> Path:
 def server(models_dir: Path) -> Iterator[ServerHandle]:
     """The shared server over `models_dir` (fraud: LightGBM, fraud_onnx: ONNX)."""
     h = start_server_process(models_dir)
-    loaded = [e for e in h.events() if e.get("event") == "models loaded"]
-    if not loaded or loaded[-1].get("models") != {"fraud": 1, "fraud_onnx": 1}:
+    served = served_versions(h.target, ["fraud", "fraud_onnx"])
+    if served != {"fraud": ["1"], "fraud_onnx": ["1"]}:
         h.stop()
-        pytest.fail("the server did not load fraud/1 and fraud_onnx/1:\n" + h.log_text())
+        pytest.fail(f"the server serves {served}, not fraud/1 and fraud_onnx/1:\n{h.log_text()}")
     try:
         yield h
     finally:
@@ -295,7 +339,9 @@ class Reference:
         from riskserve._native import FeaturePipeline
 
         return self._get(
-            "pipe", version_dir, lambda: FeaturePipeline((version_dir / "features.json").read_text())
+            "pipe",
+            version_dir,
+            lambda: FeaturePipeline((version_dir / "features.json").read_text()),
         )
 
     def columns(self, table: pa.Table, version_dir: Path) -> Columns:

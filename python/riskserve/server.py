@@ -143,12 +143,13 @@ class Server:
 
 
 async def serve(settings: Settings) -> None:
-    server = Server(settings)
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Handlers first: a SIGTERM right after "serving" must still drain.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    server = Server(settings)
+    await server.start()
     await stop.wait()
     await server.stop()
 

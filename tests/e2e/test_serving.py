@@ -145,7 +145,9 @@ def test_batch_scores_equal_direct_prediction(
     cols = fresh[model]
     n = len(expected[model])
     rid = f"batch-{model}-{raw}-{shape_kind}"
-    req = set_shape(build_request(model, cols, datatypes[model], raw=raw, request_id=rid), shape_kind)
+    req = set_shape(
+        build_request(model, cols, datatypes[model], raw=raw, request_id=rid), shape_kind
+    )
     resp = stub.ModelInfer(req, timeout=RPC_TIMEOUT)
     got = check_reply(resp, model, "1", rid, n)
     assert_close(got, expected[model], TOL[model])
@@ -353,9 +355,7 @@ def test_health_service(channel: grpc.Channel) -> None:
     for service in ("", SERVICE):
         resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=RPC_TIMEOUT)
         assert resp.status == health_pb2.HealthCheckResponse.SERVING, service
-    e = rpc_error(
-        lambda: health.Check(health_pb2.HealthCheckRequest(service="no.Such"), timeout=5)
-    )
+    e = rpc_error(lambda: health.Check(health_pb2.HealthCheckRequest(service="no.Such"), timeout=5))
     assert e.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -481,27 +481,17 @@ def _zero_rows(req: pb.ModelInferRequest, raw: bool) -> None:
 
 
 def _raw_only(mut: Mutator) -> Mutator:
-    def f(req: pb.ModelInferRequest, raw: bool) -> None:
-        if not raw:
-            pytest.skip("raw contents only")
-        mut(req, raw)
-
-    return f
+    mut.modes = (True,)  # type: ignore[attr-defined]
+    return mut
 
 
 def _typed_only(mut: Mutator) -> Mutator:
-    def f(req: pb.ModelInferRequest, raw: bool) -> None:
-        if raw:
-            pytest.skip("typed contents only")
-        mut(req, raw)
-
-    return f
+    mut.modes = (False,)  # type: ignore[attr-defined]
+    return mut
 
 
 def _set_raw(name: str, data: bytes) -> Mutator:
-    return _raw_only(
-        lambda req, raw: req.raw_input_contents.__setitem__(index_of(req, name), data)
-    )
+    return _raw_only(lambda req, raw: req.raw_input_contents.__setitem__(index_of(req, name), data))
 
 
 def _set_typed_bytes(name: str, values: list[bytes]) -> Mutator:
@@ -620,10 +610,13 @@ ERROR_CASES: list[tuple[str, Mutator, grpc.StatusCode, list[str]]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
 @pytest.mark.parametrize(
-    ("mutate", "code", "needles"),
-    [pytest.param(m, c, n, id=i) for i, m, c, n in ERROR_CASES],
+    ("mutate", "code", "needles", "raw"),
+    [
+        pytest.param(m, c, n, raw, id=f"{i}-{'raw' if raw else 'typed'}")
+        for i, m, c, n in ERROR_CASES
+        for raw in getattr(m, "modes", (True, False))
+    ],
 )
 def test_bad_request_gets_its_status_and_server_lives_on(
     stub: Any,
@@ -720,7 +713,7 @@ def test_concurrent_clients_get_their_own_scores(
                 got[i] = p[0]
                 versions.add(resp.model_version)
             ch.close()
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
@@ -732,3 +725,66 @@ def test_concurrent_clients_get_their_own_scores(
     assert not errors, errors[:3]
     assert versions == {"1"}
     assert_close(got, want, LGB_TOL)
+
+
+# --------------------------------------------------------------------------------------
+# raw BOOL bytes other than 0/1, where the value matters (a ratio by a bool input)
+# --------------------------------------------------------------------------------------
+
+
+def test_raw_bool_byte_2_in_a_ratio_reads_as_true_or_is_refused(
+    tmp_path: Path, start_server: Any
+) -> None:
+    """`spend / active` with `active` a bool: a raw BOOL byte 0x02 is "true" (V2:
+    one byte per element, nonzero is true) or an INVALID_ARGUMENT naming the input;
+    it must not be read as the number 2 (spec: bool inputs read as 0/1)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from riskserve.training.train import TrainConfig, train
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    spend = rng.uniform(0.0, 100.0, n)
+    active = rng.random(n) < 0.7
+    label = (active & (spend > 60.0)).astype(np.int64)
+    data = tmp_path / "ratio.parquet"
+    pq.write_table(pa.table({"spend": spend, "active": active, "label": label}), data)
+    template = {
+        "format": "riskserve.features/v1",
+        "inputs": [{"name": "spend", "dtype": "float"}, {"name": "active", "dtype": "bool"}],
+        "transforms": [
+            {
+                "type": "ratio",
+                "numerator": "spend",
+                "denominator": "active",
+                "name": "spend_if_active",
+                "missing": {"strategy": "constant", "value": -1.0},
+            }
+        ],
+    }
+    spec = tmp_path / "ratio.json"
+    spec.write_text(json.dumps(template))
+    models = tmp_path / "models"
+    train(TrainConfig(data=data, target="label", model="ratio", models_dir=models, spec=spec,
+                      rounds=30))  # fmt: skip
+    h = start_server(models)
+    ch = grpc.insecure_channel(h.target)
+    st = pb_grpc.GRPCInferenceServiceStub(ch)
+    try:
+        dts = {"spend": "FP64", "active": "BOOL"}
+        cols = {"spend": np.array([90.0, 90.0]), "active": np.array([True, False])}
+        base = probabilities(st.ModelInfer(build_request("ratio", cols, dts), timeout=10))
+        assert base[0] > 0.5 > base[1]  # the model learned spend/active
+        req = build_request("ratio", cols, dts)
+        req.raw_input_contents[index_of(req, "active")] = b"\x02\x00"
+        try:
+            resp = st.ModelInfer(req, timeout=10)
+        except grpc.RpcError as e:
+            assert e.code() == INVALID, (e.code(), e.details())
+            assert "active" in e.details()
+            return
+        got = probabilities(resp)
+        np.testing.assert_allclose(got, base, rtol=0, atol=LGB_TOL, err_msg="0x02 read as 2")
+    finally:
+        ch.close()

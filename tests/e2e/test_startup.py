@@ -8,7 +8,6 @@ import hashlib
 import json
 import math
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -73,19 +72,22 @@ def trained_thrice(tmp_path_factory: pytest.TempPathFactory, train_data: Path) -
         )
         for _ in range(3)
     ]
-    return {"models": models, "results": results}
+    # hashed now: damaged_repo tampers with these files later
+    on_disk = [_sha256(models / "fraud" / str(v) / "model.txt") for v in (1, 2, 3)]
+    manifests = [_manifest(models / "fraud" / str(v)) for v in (1, 2, 3)]
+    return {"models": models, "results": results, "on_disk": on_disk, "manifests": manifests}
 
 
 def test_training_is_deterministic(trained_thrice: dict[str, Any]) -> None:
     models: Path = trained_thrice["models"]
     results = trained_thrice["results"]
     assert [r.ref.version for r in results] == [1, 2, 3]
-    dirs = [models / "fraud" / str(v) for v in (1, 2, 3)]
-    manifests = [_manifest(d) for d in dirs]
+    assert [r.ref.path for r in results] == [models / "fraud" / str(v) for v in (1, 2, 3)]
+    manifests = trained_thrice["manifests"]
     hashes = {m["files"]["model.txt"] for m in manifests}
     assert len(hashes) == 1, hashes
     assert {r.model_sha256 for r in results} == hashes
-    assert {_sha256(d / "model.txt") for d in dirs} == hashes
+    assert set(trained_thrice["on_disk"]) == hashes
     assert len({m["files"]["features.json"] for m in manifests}) == 1
     assert [m["version"] for m in manifests] == [1, 2, 3]
     assert all(m["name"] == "fraud" and m["model_format"] == "lightgbm" for m in manifests)
@@ -132,8 +134,6 @@ def test_refused_versions_are_logged_and_the_good_one_serves(
     assert "sha256" in refused[2]["reason"]
     assert str(root / "3" / "features.json") in refused[3]["reason"]
     assert str(root / "4" / "manifest.json") in refused[4]["reason"]
-    live = [e for e in h.events() if e.get("event") == "model live"]
-    assert [(e["model"], e["version"]) for e in live] == [("fraud", 1)]
 
     v1 = root / "1"
     cols = rows(reference.columns(fresh_table, v1), slice(0, 50))
@@ -165,7 +165,7 @@ def test_refused_versions_are_logged_and_the_good_one_serves(
 
 @pytest.mark.parametrize("content", ["null", "[]"])
 def test_non_object_manifest_is_refused_not_fatal(
-    tmp_path: Path, models_dir: Path, start_server: Any, content: str
+    tmp_path: Path, models_dir: Path, start_server: Any, served: Any, content: str
 ) -> None:
     """A manifest.json that is valid JSON but not an object must be refused like
     any other bad manifest; the other versions and models still serve."""
@@ -179,8 +179,7 @@ def test_non_object_manifest_is_refused_not_fatal(
     refused = _refusals(h)
     assert [(e["model"], e["version"]) for e in refused] == [("fraud", 2)], h.log_text()
     assert str(bad / "manifest.json") in refused[0]["reason"]
-    live = {e["model"]: e["version"] for e in h.events() if e.get("event") == "model live"}
-    assert live == {"fraud": 1, "fraud_onnx": 1}
+    assert served(h.target, ["fraud", "fraud_onnx"]) == {"fraud": ["1"], "fraud_onnx": ["1"]}
 
 
 # --------------------------------------------------------------------------------------
@@ -290,9 +289,7 @@ def test_inferred_spec_model_serves(
 # --------------------------------------------------------------------------------------
 
 
-def test_cli_score_prints_probability(
-    server: Any, models_dir: Path, reference: Any
-) -> None:
+def test_cli_score_prints_probability(server: Any, models_dir: Path, reference: Any) -> None:
     from riskserve.training.datagen import generate
 
     proc = subprocess.run(
@@ -344,6 +341,28 @@ def test_cli_score_json_row(server: Any, models_dir: Path, reference: Any) -> No
     assert abs(out["probability"][0] - want[0]) <= 1e-5
 
 
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--model", "no_such_model"], ["NOT_FOUND", "no_such_model"]),
+        (["--model", "fraud", "--json", '{"amount": 1.5}'], ["INVALID_ARGUMENT", "currency"]),
+        (["--model", "fraud", "--json", '{"amount": 1.5, "bogus": 1}'], ["bogus"]),
+    ],
+)
+def test_cli_score_errors_are_one_line(server: Any, args: list[str], needles: list[str]) -> None:
+    proc = subprocess.run(
+        [str(CLI), "score", "--server", server.target, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
 # --------------------------------------------------------------------------------------
 # shutdown
 # --------------------------------------------------------------------------------------
@@ -356,8 +375,7 @@ def test_sigterm_right_after_serving_drains_cleanly(tmp_path: Path, launch_serve
     results = []
     for _ in range(8):
         h = launch_server(tmp_path / "empty-models")
-        h.proc.send_signal(signal.SIGTERM)
-        rc = h.stop()
+        rc = h.stop()  # SIGTERM as soon as "serving" is logged
         results.append((rc, any(e.get("event") == "stopped" for e in h.events())))
     assert results == [(0, True)] * 8, results
 

@@ -42,9 +42,7 @@ def run_probe(target: str, model: str, npz: Path, *args: str) -> dict[str, Any]:
     return json.loads(proc.stdout)
 
 
-@pytest.mark.parametrize(
-    ("model", "shape_kind"), [("fraud", "batch"), ("fraud_onnx", "batch1")]
-)
+@pytest.mark.parametrize(("model", "shape_kind"), [("fraud", "batch"), ("fraud_onnx", "batch1")])
 def test_tritonclient_scores_metadata_and_errors(
     server: Any,
     models_dir: Path,

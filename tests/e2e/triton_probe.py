@@ -40,9 +40,7 @@ def _metadata(client: tc.InferenceServerClient, model: str) -> dict[str, Any]:
     }
 
 
-def _inputs(
-    columns: Any, datatypes: dict[str, str], shape_kind: str
-) -> list[tc.InferInput]:
+def _inputs(columns: Any, datatypes: dict[str, str], shape_kind: str) -> list[tc.InferInput]:
     out = []
     for name, datatype in datatypes.items():
         col = columns[name]
@@ -133,7 +131,10 @@ def main() -> int:
             errors["wrong_datatype"] = {"raised": False, "input": first_fp64}
         except InferenceServerException as e:
             errors["wrong_datatype"] = {
-                "raised": True, "status": e.status(), "message": e.message(), "input": first_fp64
+                "raised": True,
+                "status": e.status(),
+                "message": e.message(),
+                "input": first_fp64,
             }
         result["errors"] = errors
 

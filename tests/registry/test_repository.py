@@ -128,7 +128,7 @@ def test_concurrent_writers_get_distinct_versions(repo: ModelRepository) -> None
                 ref = repo.write_version("fraud", _files(f"{t}-{j}"), _meta(writer=t))
                 with lock:
                     refs.append(ref)
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             errors.append(e)
 
     threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]

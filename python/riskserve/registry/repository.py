@@ -53,23 +53,30 @@ class Manifest:
         return self.files[key]
 
     @classmethod
-    def parse(cls, data: Mapping[str, Any], where: Path) -> Manifest:
-        try:
-            if data.get("format") != MANIFEST_FORMAT:
-                raise KeyError("format")
-            files = {str(k): str(v) for k, v in dict(data["files"]).items()}
-            fmt = str(data["model_format"])
-            if fmt not in ("lightgbm", "onnx"):
-                raise KeyError("model_format")
-            return cls(
-                name=str(data["name"]),
-                version=int(data["version"]),
-                model_format=fmt,
-                files=files,
-                raw=dict(data),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise IntegrityError(f"{where}: manifest field {e} is missing or invalid") from None
+    def parse(cls, data: Any, where: Path) -> Manifest:
+        if not isinstance(data, dict):
+            raise IntegrityError(f"{where}: must hold a JSON object, got {type(data).__name__}")
+
+        def bad(field: str, why: str) -> IntegrityError:
+            return IntegrityError(f"{where}: field {field!r} {why}")
+
+        if data.get("format") != MANIFEST_FORMAT:
+            raise bad("format", f"must be {MANIFEST_FORMAT!r}, got {data.get('format')!r}")
+        name = data.get("name")
+        if not isinstance(name, str) or not name:
+            raise bad("name", "must be a non-empty string")
+        version = data.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise bad("version", f"must be an integer >= 1, got {version!r}")
+        fmt = data.get("model_format")
+        if fmt not in ("lightgbm", "onnx"):
+            raise bad("model_format", f"must be 'lightgbm' or 'onnx', got {fmt!r}")
+        files = data.get("files")
+        if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+        ):
+            raise bad("files", "must map file names to sha256 strings")
+        return cls(name=name, version=version, model_format=fmt, files=dict(files), raw=data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,10 +166,11 @@ class ModelRepository:
             while True:
                 version = self.next_version(name)
                 body = {
+                    **manifest,
+                    # Identity and hashes are the registry's, never the caller's.
                     "format": MANIFEST_FORMAT,
                     "name": name,
                     "version": version,
-                    **manifest,
                     "files": hashes,
                 }
                 text = json.dumps(body, indent=2, sort_keys=True) + "\n"

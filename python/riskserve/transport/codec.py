@@ -103,6 +103,11 @@ def _decode_raw(
             f"input {name!r}: raw content is {len(buf)} bytes, but shape {list(shape)} of "
             f"{datatype} needs {count * dtype.itemsize}"
         )
+    if datatype == "BOOL":
+        raw = np.frombuffer(buf, dtype=np.uint8)
+        if raw.size and int(raw.max()) > 1:
+            raise InvalidInput(f"input {name!r}: BOOL raw content must hold only bytes 0 and 1")
+        return raw.view(np.bool_)
     return np.frombuffer(buf, dtype=dtype)
 
 

@@ -38,7 +38,8 @@ pub enum Column<'a> {
     F32(&'a [f32]),
     I64(&'a [i64]),
     I32(&'a [i32]),
-    Bool(&'a [bool]),
+    /// numpy bool memory, read as bytes: any nonzero byte is true.
+    Bool(&'a [u8]),
     Str(StrColumn<'a>),
 }
 
@@ -77,7 +78,7 @@ impl Column<'_> {
             Column::F32(v) => f64::from(v[i]),
             Column::I64(v) => v[i] as f64,
             Column::I32(v) => f64::from(v[i]),
-            Column::Bool(v) => f64::from(u8::from(v[i])),
+            Column::Bool(v) => f64::from(u8::from(v[i] != 0)),
             Column::Str(_) => return None,
         };
         v.is_finite().then_some(v)

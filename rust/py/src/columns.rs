@@ -21,7 +21,9 @@ pub enum Held<'py> {
     F32(PyReadonlyArrayDyn<'py, f32>),
     I64(PyReadonlyArrayDyn<'py, i64>),
     I32(PyReadonlyArrayDyn<'py, i32>),
-    Bool(PyReadonlyArrayDyn<'py, bool>),
+    /// A bool array viewed as uint8 (reading arbitrary bytes as Rust `bool`
+    /// would be undefined behaviour).
+    Bool(PyReadonlyArrayDyn<'py, u8>),
     Packed(PyBackedBytes, Vec<Option<(usize, usize)>>),
     Strings(Vec<u8>, Vec<Option<(usize, usize)>>),
 }
@@ -101,10 +103,13 @@ fn hold_array<'py>(name: &str, value: &Bound<'py, PyAny>) -> PyResult<Held<'py>>
                 .cast::<PyArrayDyn<i32>>()
                 .ok()
                 .map(|a| Held::I32(a.readonly())),
-            (b'b', 1) => value
-                .cast::<PyArrayDyn<bool>>()
-                .ok()
-                .map(|a| Held::Bool(a.readonly())),
+            (b'b', 1) => {
+                let bytes = value.call_method1("view", ("uint8",))?;
+                bytes
+                    .cast::<PyArrayDyn<u8>>()
+                    .ok()
+                    .map(|a| Held::Bool(a.readonly()))
+            }
             _ => None,
         };
         if let Some(h) = held {
@@ -128,8 +133,9 @@ fn hold_array<'py>(name: &str, value: &Bound<'py, PyAny>) -> PyResult<Held<'py>>
         if let Ok(x) = a.extract::<PyReadonlyArrayDyn<'py, i32>>() {
             return Ok(Held::I32(x));
         }
-        if let Ok(x) = a.extract::<PyReadonlyArrayDyn<'py, bool>>() {
-            return Ok(Held::Bool(x));
+        if a.cast::<PyArrayDyn<bool>>().is_ok() {
+            let bytes = a.call_method1("view", ("uint8",))?;
+            return Ok(Held::Bool(bytes.extract::<PyReadonlyArrayDyn<'py, u8>>()?));
         }
         a = numpy.call_method1("ascontiguousarray", (a, "float64"))?;
     }
