@@ -28,7 +28,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -285,27 +284,10 @@ def run_load(
 
 
 def code_revision() -> str:
-    """The repo's commit (+dirty when tracked files differ); read-only git calls."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        git = ["git", "--no-optional-locks", "-C", str(root)]
-        rev = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The repo's commit (+dirty when tracked files differ), as training records it."""
+    from riskserve.training.train import code_revision as revision
+
+    return revision()
 
 
 def summarize(

@@ -160,7 +160,7 @@ class DriftCollector(Collector):
         threshold.add_metric([], self.threshold)
         bin_obs = CounterMetricFamily(
             "riskserve_drift_bin_observations",
-            "Rows per reference bin since the version went live (sum across replicas).",
+            "Rows per reference bin since the version went live (sum them across replicas).",
             labels=["model", "version", "feature", "bin"],
         )
         ref = GaugeMetricFamily(

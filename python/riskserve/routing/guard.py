@@ -109,7 +109,9 @@ class CanaryGuard:
             live = [(v, w) for v, w in cur.variants if w > 0]
             if len(live) < 2:
                 continue
-            control = max(live, key=lambda vw: (vw[1], vw[0]))[0]
+            # The control has the largest weight; on a tie the older (lower) version,
+            # so that a new version at an even split is watched, not trusted.
+            control = max(live, key=lambda vw: (vw[1], -vw[0]))[0]
             per = self.stats.get((name, cur.revision), {})
             ctl = per.get(control)
             for v, _w in live:

@@ -18,7 +18,14 @@ from types import MappingProxyType
 from typing import Any
 
 from riskserve.config import Settings
-from riskserve.errors import Conflict, IntegrityError, InvalidInput, NotFound, RiskserveError
+from riskserve.errors import (
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    RiskserveError,
+    Unavailable,
+)
 from riskserve.registry import ModelRepository
 from riskserve.routing.table import Deployment, RoutingTable, Variant, load_versions
 from riskserve.runtime import LoadedModel, load_version
@@ -27,6 +34,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "deployment.json"
 STATE_FORMAT = "riskserve.deployment/v1"
+#: Revisions kept in deployment.json (and in memory) per model.
+HISTORY_LIMIT = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,13 +54,25 @@ class Revision:
     undo_from: int
 
     def traffic(self) -> tuple[Any, ...]:
-        return (self.variants, self.salt, self.shadow_version, self.shadow_percent)
+        """What routing sees: variants with weight, salt, shadow (a version at weight 0
+        takes no traffic, so loading or unloading one is not a traffic change)."""
+        live = tuple((v, w) for v, w in self.variants if w > 0)
+        return (live, self.salt, self.shadow_version, self.shadow_percent)
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["variants"] = [list(v) for v in self.variants]
-        d["loaded"] = list(self.loaded)
-        return d
+        return {
+            "revision": self.revision,
+            "action": self.action,
+            "variants": [list(v) for v in self.variants],
+            "salt": self.salt,
+            "shadow_version": self.shadow_version,
+            "shadow_percent": self.shadow_percent,
+            "loaded": list(self.loaded),
+            "updated_at": self.updated_at,
+            "actor": self.actor,
+            "reason": self.reason,
+            "undo_from": self.undo_from,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Revision:
@@ -75,6 +96,8 @@ class ModelState:
     name: str
     history: list[Revision]
     models: dict[int, LoadedModel]
+    #: Serialised revisions, so a commit does not re-encode the whole history.
+    json_cache: dict[int, str] = dataclasses.field(default_factory=dict)
 
     @property
     def current(self) -> Revision:
@@ -115,6 +138,24 @@ def compatible(control: LoadedModel, candidate: LoadedModel) -> str | None:
         f"inputs differ from version {control.version}: "
         f"missing {[f'{n}:{t}' for n, t in missing]}, new {[f'{n}:{t}' for n, t in extra]}"
     )
+
+
+def _compatible_with(
+    name: str, models: dict[int, LoadedModel], control: int
+) -> dict[int, LoadedModel]:
+    """The versions that may join `control`'s deployment; the others are refused
+    (logged), as LoadVersion would refuse them."""
+    out = {}
+    for v, m in models.items():
+        why = compatible(models[control], m) if v != control else None
+        if why is None:
+            out[v] = m
+        else:
+            log.error(
+                "model version refused",
+                extra={"model": name, "version": v, "reason": f"{name} version {v}: {why}"},
+            )
+    return out
 
 
 class DeploymentManager:
@@ -192,6 +233,7 @@ class DeploymentManager:
                     )
                     models = {**models, **self._load_sync(name, None)}
                 live = max(models)
+                models = _compatible_with(name, models, live)
                 rev = (history[-1].revision + 1) if history else 1
                 history.append(
                     Revision(
@@ -291,7 +333,7 @@ class DeploymentManager:
             if st is None:
                 st = ModelState(name, self._removed.pop(name, []), {version: model})
                 self._states[name] = st
-                return self._commit(
+                return await self._commit(
                     st,
                     "load",
                     ((version, 100),),
@@ -306,7 +348,7 @@ class DeploymentManager:
                 raise Conflict(f"{name} version {version} refused: {why}")
             st.models[version] = model
             cur = st.current
-            return self._commit(
+            return await self._commit(
                 st,
                 "load",
                 cur.variants,
@@ -348,7 +390,7 @@ class DeploymentManager:
             shadow = cur.shadow_version if cur.shadow_version != version else None
             del st.models[version]
             variants = tuple((v, w) for v, w in cur.variants if v != version)
-            return self._commit(
+            return await self._commit(
                 st,
                 "unload",
                 variants,
@@ -379,7 +421,7 @@ class DeploymentManager:
                 undo_from=cur.revision + 1,
             )
             st.history.append(rev)
-            self._persist(st)
+            await asyncio.get_running_loop().run_in_executor(None, self._persist, st)
             del self._states[name]
             self._removed[name] = st.history
             self._publish(self._table())
@@ -392,7 +434,7 @@ class DeploymentManager:
             st = self.state(name)
             vs = self._check_variants(st, list(variants))
             cur = st.current
-            return self._commit(
+            return await self._commit(
                 st,
                 "set_traffic",
                 vs,
@@ -418,7 +460,7 @@ class DeploymentManager:
                     raise Conflict(f"{name} version {version} is not loaded; load it first")
                 shadow = version
             cur = st.current
-            return self._commit(
+            return await self._commit(
                 st, "set_shadow", cur.variants, cur.salt, shadow, percent, actor, reason
             )
 
@@ -430,7 +472,7 @@ class DeploymentManager:
             cur = st.current
             variants = tuple(sorted(({v: 0 for v, _ in cur.variants} | {version: 100}).items()))
             shadow = cur.shadow_version if cur.shadow_version != version else None
-            return self._commit(
+            return await self._commit(
                 st,
                 "promote",
                 variants,
@@ -450,7 +492,9 @@ class DeploymentManager:
         cur = st.current
         target = None
         for r in reversed(st.history):
-            if r.revision < cur.undo_from and r.traffic() != cur.traffic():
+            # A revision without traffic marks the model's removal: nothing to restore.
+            has_traffic = any(w > 0 for _, w in r.variants)
+            if r.revision < cur.undo_from and has_traffic and r.traffic() != cur.traffic():
                 target = r
                 break
         if target is None:
@@ -458,12 +502,19 @@ class DeploymentManager:
         needed = {v for v, w in target.variants if w > 0}
         if target.shadow_version is not None:
             needed.add(target.shadow_version)
+        control = st.models[self._control(st)]
         for v in sorted(needed - set(st.models)):
-            st.models[v] = await self._load_one(name, v)
-        return self._commit(
+            model = await self._load_one(name, v)
+            why = compatible(control, model)
+            if why is not None:  # e.g. the model was removed and came back with new inputs
+                raise Conflict(f"{name} version {v} refused: {why}")
+            st.models[v] = model
+        # Versions at weight 0 that have been unloaded since stay out.
+        variants = tuple((v, w) for v, w in target.variants if w > 0 or v in st.models)
+        return await self._commit(
             st,
             action,
-            target.variants,
+            variants,
             target.salt,
             target.shadow_version,
             target.shadow_percent,
@@ -493,9 +544,10 @@ class DeploymentManager:
 
     @staticmethod
     def _control(st: ModelState) -> int:
-        return max(st.current.variants, key=lambda vw: (vw[1], vw[0]))[0]
+        # Largest weight; on a tie the older version (as the canary guard sees it).
+        return max(st.current.variants, key=lambda vw: (vw[1], -vw[0]))[0]
 
-    def _commit(
+    async def _commit(
         self,
         st: ModelState,
         action: str,
@@ -527,7 +579,14 @@ class DeploymentManager:
         except (ValueError, KeyError) as e:
             st.history.pop()
             raise RiskserveError(f"internal: deployment would be invalid: {e}") from e
-        self._persist(st)
+        # Durable before visible; the write runs off the event loop (still under
+        # the admin lock, so writes cannot reorder).
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._persist, st)
+        except OSError as e:
+            st.history.pop()
+            log.error("deployment state not written", extra={"model": st.name, "error": str(e)})
+            raise Unavailable(f"cannot write the deployment state of {st.name!r}: {e}") from e
         self._publish(table)
         log.info(
             "deployment changed",
@@ -546,15 +605,25 @@ class DeploymentManager:
         return rev
 
     def _persist(self, st: ModelState) -> None:
+        """Writes deployment.json atomically: the newest HISTORY_LIMIT revisions,
+        each serialised once and cached."""
+        if len(st.history) > HISTORY_LIMIT:
+            del st.history[: len(st.history) - HISTORY_LIMIT]
         path = self.repo.root / st.name / STATE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        body = {
-            "format": STATE_FORMAT,
-            "model": st.name,
-            "current": st.current.revision,
-            "history": [r.to_json() for r in st.history],
-        }
-        _write_atomic(path, json.dumps(body, indent=2) + "\n")
+        parts = []
+        for r in st.history:
+            text = st.json_cache.get(r.revision)
+            if text is None:
+                text = st.json_cache[r.revision] = json.dumps(r.to_json(), sort_keys=True)
+            parts.append(text)
+        for stale in set(st.json_cache) - {r.revision for r in st.history}:
+            del st.json_cache[stale]
+        head = json.dumps(
+            {"format": STATE_FORMAT, "model": st.name, "current": st.current.revision}
+        )
+        body = head[:-1] + ', "history": [\n' + ",\n".join(parts) + "\n]}\n"
+        _write_atomic(path, body)
 
     def newest_available(self, name: str) -> int:
         refs = self.repo.versions(name)

@@ -247,9 +247,10 @@ def train(cfg: TrainConfig, progress: Progress = lambda _m: None) -> TrainResult
     )
 
     progress("fitting drift reference bins (training inputs, holdout scores)")
-    spec_json = fit_reference(
-        spec_json, columns_of(train_tab, names), np.asarray(p_hold, dtype=np.float64)
-    )
+    # Served scores are float32: fit the score bins on the same rounding, or
+    # scores tied at an edge land in a bin the reference calls empty.
+    served_scores = np.asarray(p_hold, dtype=np.float32).astype(np.float64)
+    spec_json = fit_reference(spec_json, columns_of(train_tab, names), served_scores)
     files: dict[str, bytes] = {"model.txt": model_txt, "features.json": spec_json.encode()}
     if cfg.model_format == "onnx":
         progress("converting to ONNX")
