@@ -24,6 +24,8 @@ use crate::stats;
 pub const SCORE_FIELD: &str = "__score__";
 /// Shares are floored at this value before PSI (empty bins would be infinite).
 pub const SHARE_FLOOR: f64 = 1e-4;
+/// Batches of at most this many values (one transaction) skip the dense tally.
+const SPARSE_VALUES: usize = 64;
 
 /// How a field is binned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,10 +52,15 @@ impl Bins {
     pub fn labels(&self) -> Vec<String> {
         match self {
             Bins::Numeric { edges } => {
+                // Edges at 6 significant digits when that keeps them distinct (a
+                // label is only a name; binning uses the exact edges).
+                let mut shown: Vec<String> = edges.iter().map(|&e| short(e, 6)).collect();
+                if shown.windows(2).any(|w| w[0] == w[1]) {
+                    shown = edges.iter().map(|e| format!("{e}")).collect();
+                }
                 let mut out = Vec::with_capacity(edges.len() + 2);
                 let mut lo = "-inf".to_owned();
-                for e in edges {
-                    let hi = format!("{e}");
+                for hi in shown {
                     out.push(format!("[{lo},{hi})"));
                     lo = hi;
                 }
@@ -68,6 +75,21 @@ impl Bins {
                 out
             }
         }
+    }
+}
+
+/// `x` with at most `sig` significant digits, trailing zeros dropped.
+fn short(x: f64, sig: i32) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let mag = x.abs().log10().floor() as i32;
+    let decimals = (sig - 1 - mag).max(0) as usize;
+    let s = format!("{x:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
     }
 }
 
@@ -130,6 +152,8 @@ impl Binner {
     #[inline]
     fn bin_number(edges: &[f64], v: Option<f64>) -> usize {
         match v {
+            // A branch-free count is faster than a binary search for deciles.
+            Some(x) if edges.len() <= 16 => edges.iter().map(|&e| usize::from(e <= x)).sum(),
             Some(x) => edges.partition_point(|&e| e <= x),
             None => edges.len() + 1,
         }
@@ -411,40 +435,58 @@ impl DriftMonitor {
         let now = now.unwrap_or_else(now_seconds);
         let slot_no = now / self.config.slot_seconds;
         let pos = (slot_no % self.config.slots as u64) as usize;
+        let fields = cols.len().min(self.reference.fields.len());
+        let score = &self.binners[self.reference.fields.len()];
+        let score_off = self.offsets[self.reference.fields.len()];
+        let score_col = Column::F64(scores);
+        if rows.saturating_mul(fields).saturating_add(scores.len()) <= SPARSE_VALUES {
+            // A small batch (one transaction): one atomic add per value, no tally.
+            let mut bins = [0usize; SPARSE_VALUES];
+            let mut n = 0;
+            for (f, col) in cols.iter().enumerate().take(fields) {
+                let (b, off) = (&self.binners[f], self.offsets[f]);
+                for r in 0..rows {
+                    bins[n] = off + b.bin(col, r);
+                    n += 1;
+                }
+            }
+            for r in 0..scores.len() {
+                bins[n] = score_off + score.bin(&score_col, r);
+                n += 1;
+            }
+            self.add(bins[..n].iter().map(|&i| (i, 1)), slot_no, pos);
+            return;
+        }
         // Tally the batch locally, then one atomic add per touched bin.
         let mut local = vec![0u64; self.total_bins];
-        for (f, col) in cols.iter().enumerate().take(self.reference.fields.len()) {
+        for (f, col) in cols.iter().enumerate().take(fields) {
             let (b, off) = (&self.binners[f], self.offsets[f]);
             for r in 0..rows {
                 local[off + b.bin(col, r)] += 1;
             }
         }
-        if !scores.is_empty() {
-            let f = self.reference.fields.len();
-            let (b, off) = (&self.binners[f], self.offsets[f]);
-            let col = Column::F64(scores);
-            for r in 0..scores.len() {
-                local[off + b.bin(&col, r)] += 1;
-            }
+        for r in 0..scores.len() {
+            local[score_off + score.bin(&score_col, r)] += 1;
         }
-        self.add(&local, slot_no, pos);
+        let touched = local.iter().enumerate().filter(|(_, &n)| n != 0);
+        self.add(touched.map(|(i, &n)| (i, n)), slot_no, pos);
     }
 
-    fn add(&self, local: &[u64], slot_no: u64, pos: usize) {
-        for (c, &n) in self.cumulative.iter().zip(local) {
-            if n != 0 {
-                c.fetch_add(n, Ordering::Relaxed);
-            }
+    /// Adds `(bin, count)` pairs to the cumulative counters and the ring slot.
+    fn add(&self, items: impl Iterator<Item = (usize, u64)> + Clone, slot_no: u64, pos: usize) {
+        for (i, n) in items.clone() {
+            self.cumulative[i].fetch_add(n, Ordering::Relaxed);
         }
-        let base = pos * self.total_bins;
+        let counts = |ring: &Ring| {
+            let base = pos * self.total_bins;
+            for (i, n) in items.clone() {
+                ring.counts[base + i].fetch_add(n, Ordering::Relaxed);
+            }
+        };
         {
             let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
             if ring.epochs[pos].load(Ordering::Acquire) == slot_no {
-                for (c, &n) in ring.counts[base..base + self.total_bins].iter().zip(local) {
-                    if n != 0 {
-                        c.fetch_add(n, Ordering::Relaxed);
-                    }
-                }
+                counts(&ring);
                 return;
             }
         }
@@ -456,16 +498,13 @@ impl DriftMonitor {
                 // The clock went backwards past this slot: count only cumulatively.
                 return;
             }
+            let base = pos * self.total_bins;
             for c in &ring.counts[base..base + self.total_bins] {
                 c.store(0, Ordering::Relaxed);
             }
             ring.epochs[pos].store(slot_no, Ordering::Release);
         }
-        for (c, &n) in ring.counts[base..base + self.total_bins].iter().zip(local) {
-            if n != 0 {
-                c.fetch_add(n, Ordering::Relaxed);
-            }
-        }
+        counts(&ring);
     }
 
     /// Flat per-bin counts (fields in order, the score last).

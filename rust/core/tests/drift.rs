@@ -285,7 +285,7 @@ fn category() -> impl Strategy<Value = Option<String>> {
 
 fn layout() -> impl Strategy<Value = Layout> {
     (
-        edges(-1000.0..1000.0, 12),
+        edges(-1000.0..1000.0, 40),
         prop::collection::vec(-60i32..60, 0..10)
             .prop_map(|v| sorted_edges(v.into_iter().map(|i| f64::from(i) / 2.0).collect())),
         prop::sample::select(vec![vec![], vec![1.0], vec![0.0, 1.0], vec![0.5]]),
@@ -322,8 +322,11 @@ fn case(max: usize) -> impl Strategy<Value = (Layout, Vec<Row>, Vec<f64>)> {
     })
 }
 
+/// A batch observed at a time offset: (seconds after NOW, rows, scores).
+type Timed = (u64, Vec<Row>, Vec<f64>);
+
 /// A layout and several timestamped batches for the window tests.
-fn timed_case() -> impl Strategy<Value = (Layout, Vec<(u64, Vec<Row>, Vec<f64>)>)> {
+fn timed_case() -> impl Strategy<Value = (Layout, Vec<Timed>)> {
     layout().prop_flat_map(|l| {
         let batch = (0u64..400, rows(&l, 8)).prop_map(|(t, (r, s))| (t, r, s));
         (Just(l), prop::collection::vec(batch, 1..24))
@@ -607,7 +610,7 @@ fn hammer(
     std::thread::scope(|s| {
         // A reader that scrapes while the writers run: totals only ever grow.
         let reader = s.spawn(|| {
-            let mut last = vec![0u64; 5];
+            let mut last = [0u64; 5];
             let mut reads = 0u64;
             while !done.load(Ordering::Acquire) {
                 let totals = field_totals(&mon, &mon.counts(Window::Cumulative, None));
@@ -736,11 +739,10 @@ fn bad_references_are_refused() {
 /// The reference is written to `features.json` as text and read back by the
 /// server: its edges must come back bit for bit, or values equal to an edge are
 /// binned differently at serving time than at fit time (and than numpy bins
-/// them). serde_json without its `float_roundtrip` feature misparses about 1 in
-/// 10 17-digit decimals by one ulp (e.g. 14.668000000000001 → 14.668, the
-/// `amount` decile edge of the fraud spec on seed-0 data).
+/// them). Without serde_json's `float_roundtrip` feature about 1 in 10 17-digit
+/// decimals came back one ulp off (e.g. 14.668000000000001 → 14.668, an `amount`
+/// decile edge of the fraud spec on seed-0 data).
 #[test]
-#[ignore = "fails until serde_json's float_roundtrip feature is enabled (workspace Cargo.toml)"]
 fn reference_edges_survive_features_json() {
     let mut bad = Vec::new();
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
