@@ -53,7 +53,7 @@ class LoadedModel:
         features = self.pipeline.transform(dict(columns), self.drift)
         scores = self.runtime.predict(features)
         if self.drift is not None:
-            self.drift.observe_scores(scores.astype(np.float64))
+            self.drift.observe_scores(scores)
         return scores
 
     def warm_up(self) -> None:

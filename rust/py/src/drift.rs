@@ -1,6 +1,6 @@
 //! `DriftMonitor` and `fit_reference`.
 
-use numpy::{PyArray1, PyReadonlyArray1};
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -10,6 +10,9 @@ use riskserve_core::{Column, FeaturePipeline as CorePipeline, FeatureSpec};
 use crate::columns::hold;
 use crate::error::NativeError;
 use crate::gil::without_gil;
+
+/// Batches up to this size are counted while holding the GIL.
+const SMALL_BATCH: usize = 64;
 
 fn window(name: &str) -> PyResult<Window> {
     match name {
@@ -91,17 +94,32 @@ impl DriftMonitor {
     }
 
     /// Counts scores only (the inputs were observed during the transform).
+    /// float32 or float64; a small batch is counted without releasing the GIL
+    /// (the hand-off would cost more than the counting).
     #[pyo3(signature = (scores, now = None))]
     fn observe_scores(
         &self,
         py: Python<'_>,
-        scores: PyReadonlyArray1<'_, f64>,
+        scores: &Bound<'_, PyAny>,
         now: Option<u64>,
     ) -> PyResult<()> {
-        let s = scores.as_slice()?;
+        let widened: Vec<f64>;
+        let f64s;
+        let s: &[f64] = if let Ok(a) = scores.cast::<PyArray1<f32>>() {
+            let ro = a.readonly();
+            widened = ro.as_slice()?.iter().map(|&x| f64::from(x)).collect();
+            &widened
+        } else {
+            f64s = scores.extract::<PyReadonlyArray1<'_, f64>>()?;
+            f64s.as_slice()?
+        };
         let inner = &self.inner;
         let no_cols: [Column<'_>; 0] = [];
-        without_gil(py, || inner.observe(&no_cols, 0, s, now));
+        if s.len() <= SMALL_BATCH {
+            inner.observe(&no_cols, 0, s, now);
+        } else {
+            without_gil(py, || inner.observe(&no_cols, 0, s, now));
+        }
         Ok(())
     }
 
