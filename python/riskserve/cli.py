@@ -86,6 +86,16 @@ def cmd_score(a: argparse.Namespace) -> int:
         if not isinstance(row, dict):
             print("--json must be a JSON object of field: value", file=sys.stderr)
             return 2
+        if not a.strict:
+            example = example_row(a.seed)
+            filled = [k for k in example if k not in row]
+            if filled:
+                print(
+                    f"riskserve score: {len(filled)} fields not in --json were taken from "
+                    f"example transaction (seed {a.seed}); --strict sends only yours",
+                    file=sys.stderr,
+                )
+            row = {**{k: example[k] for k in filled}, **row}
     else:
         row = example_row(a.seed)
     row = {k: (math.nan if v is None else v) for k, v in row.items()}
@@ -250,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", default="fraud")
     c.add_argument("--version", default="")
     c.add_argument("--json", help="one transaction as a JSON object, e.g. '{\"amount\": 12.5}'")
-    c.add_argument("--seed", type=int, default=7, help="without --json: a generated example")
+    c.add_argument(
+        "--seed", type=int, default=7, help="the generated example (fills fields --json omits)"
+    )
+    c.add_argument("--strict", action="store_true", help="send only the fields in --json")
     c.add_argument("--timeout", type=float, default=10.0)
     c.set_defaults(fn=cmd_score)
 

@@ -341,11 +341,39 @@ def test_cli_score_json_row(server: Any, models_dir: Path, reference: Any) -> No
     assert abs(out["probability"][0] - want[0]) <= 1e-5
 
 
+def test_cli_score_partial_json_fills_from_the_example(server: Any) -> None:
+    from riskserve.client import example_row
+
+    partial = {"amount": 950.0, "channel": "ecommerce", "new_device": True}
+    proc = subprocess.run(
+        [str(CLI), "score", "--server", server.target, "--model", "fraud",
+         "--json", json.dumps(partial)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    filled = len(example_row(7)) - len(partial)
+    assert f"{filled} fields not in --json were taken from example" in proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["version"] == "1" and 0.0 <= out["probability"][0] <= 1.0
+    # The same row sent whole gives the same score: the fill is the documented example.
+    whole = {**example_row(7), **partial}
+    proc2 = subprocess.run(
+        [str(CLI), "score", "--server", server.target, "--model", "fraud", "--strict",
+         "--json", json.dumps(whole)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc2.returncode == 0, proc2.stderr
+    assert json.loads(proc2.stdout)["probability"] == out["probability"]
+
+
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
         (["--model", "no_such_model"], ["NOT_FOUND", "no_such_model"]),
-        (["--model", "fraud", "--json", '{"amount": 1.5}'], ["INVALID_ARGUMENT", "currency"]),
+        (
+            ["--model", "fraud", "--strict", "--json", '{"amount": 1.5}'],
+            ["INVALID_ARGUMENT", "currency"],
+        ),
         (["--model", "fraud", "--json", '{"amount": 1.5, "bogus": 1}'], ["bogus"]),
     ],
 )
