@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from riskserve.dataplane import SERVER_NAME, DataPlane
-from riskserve.errors import InvalidInput, Unavailable
+from riskserve.errors import InvalidInput, RiskserveError, Unavailable
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from riskserve.routing.manager import DeploymentManager
@@ -15,6 +17,17 @@ from riskserve.transport.admin import actor_of
 from riskserve.transport.codec import decode_request, encode_response
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+
+log = logging.getLogger(__name__)
+
+
+def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -114,6 +127,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             inputs=[tm(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in md.inputs],
             outputs=[tm(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in md.outputs],
         )
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Triton's bidirectional stream: one response per request, in order. A
+        failed request answers with `error_message` (its status name first) and
+        the stream goes on."""
+        async for request in request_iterator:
+            try:
+                req = decode_request(request, context.time_remaining())
+                result = await self._dp.infer(req)
+                yield pb.ModelStreamInferResponse(infer_response=encode_response(result))
+            except RiskserveError as e:
+                yield _stream_error(request, f"{e.code.name}: {e.message}")
+            except Exception:
+                log.exception("stream request failed with an internal error")
+                yield _stream_error(request, "INTERNAL: internal error; see the server log")
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
