@@ -23,6 +23,12 @@ class Settings:
     onnx_threads: int = 1
     #: Admission bound: requests in flight beyond this get RESOURCE_EXHAUSTED.
     max_inflight: int = 1024
+    #: Dynamic batching: at most this many rows per model call; a batch is
+    #: whatever queued while the previous one ran.
+    max_batch_size: int = 64
+    #: Under load, wait up to this long (seconds) for a batch to fill; an idle
+    #: server never waits.
+    max_batch_delay: float = 0.0
     #: Largest batch (rows) one request may carry.
     max_request_rows: int = 10_000
     #: Largest gRPC message accepted, bytes.
@@ -86,6 +92,7 @@ class Settings:
             "onnx_threads",
             "max_inflight",
             "max_request_rows",
+            "max_batch_size",
             "drift_slots",
             "drift_slot_seconds",
         ):

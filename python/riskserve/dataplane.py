@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from riskserve.errors import DeadlineExceeded, InvalidInput, Overloaded, Riskser
 from riskserve.monitoring import Metrics
 from riskserve.routing import RoutingTable
 from riskserve.routing.table import Routed
+from riskserve.runtime.batcher import Batcher
 from riskserve.runtime.loaded import OUTPUT_NAME, LoadedModel
 
 SERVER_NAME = "riskserve"
@@ -105,6 +107,10 @@ class DataPlane:
         self._inflight = 0
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskserve-shadow")
         self._shadow_pending = 0
+        #: One batcher per loaded version; it goes when the version is released.
+        self._batchers: weakref.WeakKeyDictionary[LoadedModel, Batcher] = (
+            weakref.WeakKeyDictionary()
+        )
         self.guard: CanaryGuardLike | None = None
         self.ready = True
 
@@ -162,6 +168,19 @@ class DataPlane:
             self._start_shadow(routed.shadow, columns, result)
         return result
 
+    def _batcher(self, model: LoadedModel) -> Batcher:
+        b = self._batchers.get(model)
+        if b is None:
+            b = self._batchers[model] = Batcher(
+                model,
+                self._pool,
+                _score,
+                self._settings.max_batch_size,
+                self._settings.max_batch_delay,
+                self._metrics.observe_batch,
+            )
+        return b
+
     def _record_error(self, req: InferRequest, routed: Routed | None, code: str) -> None:
         if routed is None:
             # Unknown model names are not echoed into labels (unbounded cardinality).
@@ -186,12 +205,9 @@ class DataPlane:
             )
         self._inflight += 1
         try:
-            loop = asyncio.get_running_loop()
-            probs = await loop.run_in_executor(self._pool, _score, model, columns)
+            probs = await self._batcher(model).submit(columns, rows, req.time_remaining)
         finally:
             self._inflight -= 1
-        if probs.shape != (rows,):
-            raise RuntimeError(f"model returned shape {probs.shape} for {rows} rows")
         result = InferResult(
             model_name=model.name,
             model_version=str(model.version),

@@ -6,7 +6,7 @@ exists (at 0) from the moment a version goes live."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from riskserve.routing import RoutingTable
+from riskserve.runtime import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,20 @@ class Metrics:
             "Rows per inference request.",
             ["model"],
             buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.batch_rows = Histogram(
+            "riskserve_batch_rows",
+            "Rows per model call after dynamic batching.",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.queue_seconds = Histogram(
+            "riskserve_queue_seconds",
+            "Time a request waited in its version's batch queue, seconds.",
+            ["model", "version"],
+            buckets=(0.0, *LATENCY_BUCKETS),
             registry=registry,
         )
         self.model_info = Gauge(
@@ -105,6 +120,13 @@ class Metrics:
         dur.observe(seconds)
         rws.inc(rows)
         rr.observe(rows)
+
+    def observe_batch(self, model: LoadedModel, rows: int, waits: Sequence[float]) -> None:
+        labels = (model.name, str(model.version))
+        self.batch_rows.labels(*labels).observe(rows)
+        q = self.queue_seconds.labels(*labels)
+        for w in waits:
+            q.observe(w)
 
     def observe_error(self, model: str, version: str, variant: str, code: str) -> None:
         self.requests.labels(model, version, variant, code).inc()

@@ -1,0 +1,184 @@
+"""Dynamic batching per loaded version (DESIGN §1): requests join the version's
+queue; a batch is whatever arrived while the previous batch ran, capped at
+`max_batch_size` rows, so an idle server scores a lone request at once and a
+busy one amortises the per-call cost of the pipeline and the model.
+
+One batch per version is in flight at a time; the numeric work runs in the
+compute pool with the GIL released. If a merged batch fails on bad input, its
+requests are scored one by one so the error reaches only the request that
+caused it; any other failure fails the whole batch (never retried, so drift
+never counts a row twice)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from riskserve.errors import DeadlineExceeded, InvalidInput
+from riskserve.runtime.loaded import LoadedModel
+
+Scores = npt.NDArray[np.float32]
+ScoreFn = Callable[[LoadedModel, Mapping[str, Any]], Scores]
+#: Called once per batch: (model, rows in the batch, seconds each request queued).
+BatchObserver = Callable[[LoadedModel, int, Sequence[float]], None]
+
+
+@dataclasses.dataclass
+class _Pending:
+    columns: Mapping[str, Any]
+    rows: int
+    future: asyncio.Future[Scores]
+    enqueued: float
+    deadline: float | None
+
+
+def unpack_bytes(buf: bytes) -> list[bytes]:
+    """A V2 packed BYTES buffer as a list (already validated by the data plane)."""
+    out, pos = [], 0
+    while pos < len(buf):
+        (n,) = struct.unpack_from("<I", buf, pos)
+        out.append(buf[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    return out
+
+
+def merge_columns(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Concatenates the columns of several requests, input by input."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    merged: dict[str, Any] = {}
+    for name in parts[0]:
+        values = [p[name] for p in parts]
+        first = values[0]
+        if isinstance(first, np.ndarray):
+            merged[name] = np.concatenate([np.ravel(v) for v in values])
+        elif all(isinstance(v, bytes) for v in values):
+            merged[name] = b"".join(values)  # packed buffers concatenate as they are
+        else:
+            flat: list[Any] = []
+            for v in values:
+                flat.extend(unpack_bytes(v) if isinstance(v, bytes) else v)
+            merged[name] = flat
+    return merged
+
+
+class Batcher:
+    def __init__(
+        self,
+        model: LoadedModel,
+        pool: Executor,
+        score: ScoreFn,
+        max_batch_size: int,
+        max_delay: float = 0.0,
+        observe: BatchObserver | None = None,
+    ) -> None:
+        self.model = model
+        self._pool = pool
+        self._score = score
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_delay
+        self._observe = observe
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._task: asyncio.Task[None] | None = None
+        #: Rows of every batch run (bounded), for tests and diagnostics.
+        self.batch_rows: collections.deque[int] = collections.deque(maxlen=10_000)
+
+    async def submit(
+        self, columns: Mapping[str, Any], rows: int, time_remaining: float | None = None
+    ) -> Scores:
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        deadline = None if time_remaining is None else now + time_remaining
+        fut: asyncio.Future[Scores] = loop.create_future()
+        self._queue.append(_Pending(columns, rows, fut, now, deadline))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run())
+        return await fut
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        rows = 0
+        now = time.monotonic()
+        while self._queue:
+            p = self._queue[0]
+            if batch and rows + p.rows > self.max_batch_size:
+                break
+            self._queue.popleft()
+            if p.future.done():  # the caller went away
+                continue
+            if p.deadline is not None and p.deadline <= now:
+                p.future.set_exception(
+                    DeadlineExceeded("the request's deadline passed while it was queued")
+                )
+                continue
+            batch.append(p)
+            rows += p.rows
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        busy = False
+        while self._queue:
+            if busy and self.max_delay > 0 and self._queued_rows() < self.max_batch_size:
+                # Under load only: give the batch a moment to fill. An idle
+                # batcher (busy=False) never waits.
+                await asyncio.sleep(self.max_delay)
+            batch = self._take()
+            if not batch:
+                continue
+            busy = True
+            now = time.monotonic()
+            rows = sum(p.rows for p in batch)
+            self.batch_rows.append(rows)
+            if self._observe is not None:
+                self._observe(self.model, rows, [now - p.enqueued for p in batch])
+            try:
+                merged = merge_columns([p.columns for p in batch])
+                probs = await loop.run_in_executor(self._pool, self._score, self.model, merged)
+                if probs.shape != (rows,):
+                    raise RuntimeError(f"model returned shape {probs.shape} for {rows} rows")
+            except InvalidInput as e:
+                # Bad input fails in the transform, before anything is counted:
+                # rescoring one by one keeps the error to the request that caused it.
+                if len(batch) == 1:
+                    _fail(batch[0], e)
+                else:
+                    await self._one_by_one(batch)
+                continue
+            except Exception as e:
+                for p in batch:
+                    _fail(p, e)
+                continue
+            start = 0
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_result(probs[start : start + p.rows])
+                start += p.rows
+
+    def _queued_rows(self) -> int:
+        return sum(p.rows for p in self._queue)
+
+    async def _one_by_one(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        for p in batch:
+            try:
+                probs = await loop.run_in_executor(self._pool, self._score, self.model, p.columns)
+            except Exception as e:
+                _fail(p, e)
+                continue
+            if not p.future.done():
+                p.future.set_result(probs)
+
+
+def _fail(p: _Pending, e: Exception) -> None:
+    if not p.future.done():
+        p.future.set_exception(e)
