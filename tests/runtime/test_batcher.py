@@ -5,7 +5,9 @@ idle batcher never waits, and queued requests past their deadline are not run.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +28,7 @@ SPEC = Path(__file__).resolve().parents[2] / "python/riskserve/training/specs/fr
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelRepository, Any]:
     d = tmp_path_factory.mktemp("batcher")
     run_datagen(3000, 3, d / "train.parquet")
     res = train(
@@ -39,8 +41,36 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
             rounds=15,
         )
     )
-    repo = ModelRepository(d / "models")
-    return load_version(repo, res.ref, drift_slots=0)
+    return ModelRepository(d / "models"), res.ref
+
+
+@pytest.fixture(scope="module")
+def model(trained: tuple[ModelRepository, Any]) -> LoadedModel:
+    repo, ref = trained
+    return load_version(repo, ref, drift_slots=0)
+
+
+def test_a_released_version_is_freed_despite_its_batcher(
+    trained: tuple[ModelRepository, Any],
+) -> None:
+    """The data plane keys batchers weakly by model; the batcher must not keep
+    its model alive, or every unloaded version would stay in memory."""
+    repo, ref = trained
+    held = [load_version(repo, ref, drift_slots=0)]
+    row = _rows(held[0], 1, 3)[0]
+    batchers: weakref.WeakKeyDictionary[LoadedModel, Batcher] = weakref.WeakKeyDictionary()
+
+    async def use() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            b = batchers[held[0]] = Batcher(held[0], pool, _score, max_batch_size=8)
+            await b.submit(row, 1)
+
+    asyncio.run(use())
+    alive = weakref.ref(held[0])
+    held.clear()  # the version is unloaded: nothing but the batcher map refers to it
+    gc.collect()
+    assert alive() is None
+    assert len(batchers) == 0
 
 
 def _score(model: LoadedModel, columns: Mapping[str, Any]) -> np.ndarray:

@@ -101,7 +101,12 @@ class ModelRepository:
         d = self.root / check_model_name(name)
         if not d.is_dir():
             return []
-        refs = [VersionRef(name, int(p.name), p) for p in d.iterdir() if p.name.isdigit()]
+        # Plain ASCII digits without leading zeros: "007" or "²" is not a version.
+        refs = [
+            VersionRef(name, int(p.name), p)
+            for p in d.iterdir()
+            if p.name.isascii() and p.name.isdigit() and p.name == str(int(p.name))
+        ]
         return sorted(refs, key=lambda r: r.version)
 
     def version(self, name: str, version: int) -> VersionRef:

@@ -71,6 +71,8 @@ class Breach:
     version: int
     kind: str  # error_ratio | latency | score_psi
     detail: str
+    #: The deployment revision the breach was measured on.
+    revision: int = 0
 
 
 class CanaryGuard:
@@ -122,7 +124,8 @@ class CanaryGuard:
                     continue
                 b = self.check(name, v, st, ctl)
                 if b is not None:
-                    out.append(b)
+                    out.append(dataclasses.replace(b, revision=cur.revision))
+                    break  # one rollback per model per check: it undoes the whole split
         return out
 
     def check(
@@ -161,7 +164,10 @@ class CanaryGuard:
         for b in self.breaches():
             try:
                 await self.manager.rollback(
-                    b.model, "canary-guard", f"canary v{b.version}: {b.detail}"
+                    b.model,
+                    "canary-guard",
+                    f"canary v{b.version}: {b.detail}",
+                    expected_revision=b.revision,
                 )
             except RiskserveError as e:
                 log.error(

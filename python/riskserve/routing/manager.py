@@ -6,13 +6,14 @@ and warming up run off the event loop; the routing table is swapped atomically."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -206,12 +207,14 @@ class DeploymentManager:
             if history and all(v in models for v, w in history[-1].variants if w > 0):
                 cur = history[-1]
                 shadow_ok = cur.shadow_version is None or cur.shadow_version in models
-                if not shadow_ok or set(cur.loaded) - set(models):
+                stale = {v for v, w in cur.variants if w == 0 and v not in models}
+                if not shadow_ok or set(cur.loaded) - set(models) or stale:
                     history.append(
                         dataclasses.replace(
                             cur,
                             revision=cur.revision + 1,
                             action="restore",
+                            variants=tuple((v, w) for v, w in cur.variants if v not in stale),
                             loaded=tuple(sorted(models)),
                             shadow_version=cur.shadow_version if shadow_ok else None,
                             shadow_percent=cur.shadow_percent if shadow_ok else 0.0,
@@ -254,7 +257,15 @@ class DeploymentManager:
                 continue
             state = ModelState(name, history, models)
             self._states[name] = state
-            self._persist(state)
+            try:
+                self._table()  # this model's deployment must be valid on its own
+                self._persist(state)
+            except Exception as e:
+                del self._states[name]
+                log.error(
+                    "deployment not restored; the model is not served",
+                    extra={"model": name, "reason": repr(e)},
+                )
         table = self._table()
         self._publish(table)
         return table
@@ -324,40 +335,67 @@ class DeploymentManager:
 
     # -- changes ---------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _txn(self, name: str) -> Iterator[None]:
+        """All or nothing: a change that fails (a refused load, a disk that will
+        not write) leaves memory exactly as it was, matching what is on disk."""
+        st = self._states.get(name)
+        saved = None if st is None else (dict(st.models), list(st.history), dict(st.json_cache))
+        removed = self._removed.get(name)
+        removed_copy = None if removed is None else list(removed)
+        try:
+            yield
+        except BaseException:
+            if st is None or saved is None:
+                self._states.pop(name, None)
+            else:
+                self._states[name] = st
+                st.models.clear()
+                st.models.update(saved[0])
+                st.history[:] = saved[1]
+                st.json_cache.clear()
+                st.json_cache.update(saved[2])
+            if removed_copy is None:
+                self._removed.pop(name, None)
+            else:
+                self._removed[name] = removed_copy
+            raise
+
     async def load(self, name: str, version: int, actor: str, reason: str) -> Revision:
         async with self._lock:
-            st = self._states.get(name)
-            if st is not None and version in st.models:
-                return st.current
-            model = await self._load_one(name, version)
-            if st is None:
-                st = ModelState(name, self._removed.pop(name, []), {version: model})
-                self._states[name] = st
+            with self._txn(name):
+                st = self._states.get(name)
+                if st is not None and version in st.models:
+                    return st.current
+                model = await self._load_one(name, version)
+                if st is None:
+                    st = ModelState(name, self._removed.pop(name, []), {version: model})
+                    self._states[name] = st
+                    return await self._commit(
+                        st,
+                        "load",
+                        ((version, 100),),
+                        name,
+                        None,
+                        0.0,
+                        actor,
+                        reason or "first version of a new model",
+                    )
+                why = compatible(st.models[self._control(st)], model)
+                if why is not None:
+                    raise Conflict(f"{name} version {version} refused: {why}")
+                st.models[version] = model
+                cur = st.current
                 return await self._commit(
                     st,
                     "load",
-                    ((version, 100),),
-                    name,
-                    None,
-                    0.0,
+                    cur.variants,
+                    cur.salt,
+                    cur.shadow_version,
+                    cur.shadow_percent,
                     actor,
-                    reason or "first version of a new model",
+                    reason,
                 )
-            why = compatible(st.models[self._control(st)], model)
-            if why is not None:
-                raise Conflict(f"{name} version {version} refused: {why}")
-            st.models[version] = model
-            cur = st.current
-            return await self._commit(
-                st,
-                "load",
-                cur.variants,
-                cur.salt,
-                cur.shadow_version,
-                cur.shadow_percent,
-                actor,
-                reason,
-            )
 
     async def _load_one(self, name: str, version: int) -> LoadedModel:
         ref = self.repo.version(name, version)  # NotFound when absent
@@ -379,113 +417,133 @@ class DeploymentManager:
 
     async def unload(self, name: str, version: int, actor: str, reason: str) -> Revision:
         async with self._lock:
-            st = self.state(name)
-            if version not in st.models:
-                raise NotFound(f"model {name!r} version {version} is not loaded")
-            cur = st.current
-            if any(v == version and w > 0 for v, w in cur.variants):
-                raise Conflict(
-                    f"{name} version {version} takes traffic; move its traffic away first"
+            with self._txn(name):
+                st = self.state(name)
+                if version not in st.models:
+                    raise NotFound(f"model {name!r} version {version} is not loaded")
+                cur = st.current
+                if any(v == version and w > 0 for v, w in cur.variants):
+                    raise Conflict(
+                        f"{name} version {version} takes traffic; move its traffic away first"
+                    )
+                shadow = cur.shadow_version if cur.shadow_version != version else None
+                del st.models[version]
+                variants = tuple((v, w) for v, w in cur.variants if v != version)
+                return await self._commit(
+                    st,
+                    "unload",
+                    variants,
+                    cur.salt,
+                    shadow,
+                    cur.shadow_percent if shadow is not None else 0.0,
+                    actor,
+                    reason,
                 )
-            shadow = cur.shadow_version if cur.shadow_version != version else None
-            del st.models[version]
-            variants = tuple((v, w) for v, w in cur.variants if v != version)
-            return await self._commit(
-                st,
-                "unload",
-                variants,
-                cur.salt,
-                shadow,
-                cur.shadow_percent if shadow is not None else 0.0,
-                actor,
-                reason,
-            )
 
     async def remove(self, name: str, actor: str, reason: str) -> None:
         """Takes a model out of service entirely (it answers NOT_FOUND until a
         version is loaded again); the state survives restarts."""
         async with self._lock:
-            st = self.state(name)
-            cur = st.current
-            rev = dataclasses.replace(
-                cur,
-                revision=cur.revision + 1,
-                action="remove",
-                variants=(),
-                shadow_version=None,
-                shadow_percent=0.0,
-                loaded=(),
-                updated_at=_now(),
-                actor=actor,
-                reason=reason,
-                undo_from=cur.revision + 1,
-            )
-            st.history.append(rev)
-            await asyncio.get_running_loop().run_in_executor(None, self._persist, st)
-            del self._states[name]
-            self._removed[name] = st.history
-            self._publish(self._table())
-            log.info("model removed", extra={"model": name, "actor": actor, "reason": reason})
+            with self._txn(name):
+                st = self.state(name)
+                cur = st.current
+                rev = dataclasses.replace(
+                    cur,
+                    revision=cur.revision + 1,
+                    action="remove",
+                    variants=(),
+                    shadow_version=None,
+                    shadow_percent=0.0,
+                    loaded=(),
+                    updated_at=_now(),
+                    actor=actor,
+                    reason=reason,
+                    undo_from=cur.revision + 1,
+                )
+                st.history.append(rev)
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, self._persist, st)
+                except OSError as e:
+                    raise Unavailable(f"cannot write the deployment state of {name!r}: {e}") from e
+                del self._states[name]
+                self._removed[name] = st.history
+                self._publish(self._table())
+                log.info("model removed", extra={"model": name, "actor": actor, "reason": reason})
 
     async def set_traffic(
         self, name: str, variants: Iterable[tuple[int, int]], salt: str, actor: str, reason: str
     ) -> Revision:
         async with self._lock:
-            st = self.state(name)
-            vs = self._check_variants(st, list(variants))
-            cur = st.current
-            return await self._commit(
-                st,
-                "set_traffic",
-                vs,
-                salt or cur.salt,
-                cur.shadow_version,
-                cur.shadow_percent,
-                actor,
-                reason,
-            )
+            with self._txn(name):
+                st = self.state(name)
+                vs = self._check_variants(st, list(variants))
+                cur = st.current
+                return await self._commit(
+                    st,
+                    "set_traffic",
+                    vs,
+                    salt or cur.salt,
+                    cur.shadow_version,
+                    cur.shadow_percent,
+                    actor,
+                    reason,
+                )
 
     async def set_shadow(
         self, name: str, version: int, percent: float, actor: str, reason: str
     ) -> Revision:
         async with self._lock:
-            st = self.state(name)
-            if not 0.0 <= percent <= 100.0:
-                raise InvalidInput(f"shadow sample percent must be in 0..100, got {percent}")
-            if version == 0 or percent == 0:
-                shadow: int | None = None
-                percent = 0.0
-            else:
-                if version not in st.models:
-                    raise Conflict(f"{name} version {version} is not loaded; load it first")
-                shadow = version
-            cur = st.current
-            return await self._commit(
-                st, "set_shadow", cur.variants, cur.salt, shadow, percent, actor, reason
-            )
+            with self._txn(name):
+                st = self.state(name)
+                if not 0.0 <= percent <= 100.0:
+                    raise InvalidInput(f"shadow sample percent must be in 0..100, got {percent}")
+                if version == 0 or percent == 0:
+                    shadow: int | None = None
+                    percent = 0.0
+                else:
+                    if version not in st.models:
+                        raise Conflict(f"{name} version {version} is not loaded; load it first")
+                    shadow = version
+                cur = st.current
+                return await self._commit(
+                    st, "set_shadow", cur.variants, cur.salt, shadow, percent, actor, reason
+                )
 
     async def promote(self, name: str, version: int, actor: str, reason: str) -> Revision:
         async with self._lock:
-            st = self.state(name)
-            if version not in st.models:
-                raise Conflict(f"{name} version {version} is not loaded; load it first")
-            cur = st.current
-            variants = tuple(sorted(({v: 0 for v, _ in cur.variants} | {version: 100}).items()))
-            shadow = cur.shadow_version if cur.shadow_version != version else None
-            return await self._commit(
-                st,
-                "promote",
-                variants,
-                cur.salt,
-                shadow,
-                cur.shadow_percent if shadow is not None else 0.0,
-                actor,
-                reason,
-            )
+            with self._txn(name):
+                st = self.state(name)
+                if version not in st.models:
+                    raise Conflict(f"{name} version {version} is not loaded; load it first")
+                cur = st.current
+                variants = tuple(sorted(({v: 0 for v, _ in cur.variants} | {version: 100}).items()))
+                shadow = cur.shadow_version if cur.shadow_version != version else None
+                return await self._commit(
+                    st,
+                    "promote",
+                    variants,
+                    cur.salt,
+                    shadow,
+                    cur.shadow_percent if shadow is not None else 0.0,
+                    actor,
+                    reason,
+                )
 
-    async def rollback(self, name: str, actor: str, reason: str) -> Revision:
+    async def rollback(
+        self, name: str, actor: str, reason: str, expected_revision: int | None = None
+    ) -> Revision:
+        """Undoes the last traffic change. With `expected_revision`, only if the
+        deployment is still at that revision (the canary guard's breach was
+        measured there; a newer change makes it stale)."""
         async with self._lock:
-            return await self._rollback_locked(name, actor, reason, "rollback")
+            st = self.state(name)
+            if expected_revision is not None and st.current.revision != expected_revision:
+                raise Conflict(
+                    f"{name} moved from revision {expected_revision} to "
+                    f"{st.current.revision}; not rolling back"
+                )
+            with self._txn(name):
+                return await self._rollback_locked(name, actor, reason, "rollback")
 
     async def _rollback_locked(self, name: str, actor: str, reason: str, action: str) -> Revision:
         st = self.state(name)
@@ -576,15 +634,13 @@ class DeploymentManager:
         st.history.append(rev)
         try:
             table = self._table()  # validates before anything is published
-        except (ValueError, KeyError) as e:
-            st.history.pop()
-            raise RiskserveError(f"internal: deployment would be invalid: {e}") from e
+        except Exception as e:
+            raise RiskserveError(f"internal: deployment would be invalid: {e!r}") from e
         # Durable before visible; the write runs off the event loop (still under
         # the admin lock, so writes cannot reorder).
         try:
             await asyncio.get_running_loop().run_in_executor(None, self._persist, st)
         except OSError as e:
-            st.history.pop()
             log.error("deployment state not written", extra={"model": st.name, "error": str(e)})
             raise Unavailable(f"cannot write the deployment state of {st.name!r}: {e}") from e
         self._publish(table)

@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import struct
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
@@ -81,7 +82,10 @@ class Batcher:
         max_delay: float = 0.0,
         observe: BatchObserver | None = None,
     ) -> None:
-        self.model = model
+        # Weak: the dataplane keys batchers weakly by model, and a strong reference
+        # here would keep every unloaded version alive. In-flight requests hold
+        # the model themselves.
+        self._model = weakref.ref(model)
         self._pool = pool
         self._score = score
         self.max_batch_size = max_batch_size
@@ -123,6 +127,13 @@ class Batcher:
             batch.append(p)
             rows += p.rows
         return batch
+
+    @property
+    def model(self) -> LoadedModel:
+        m = self._model()
+        if m is None:
+            raise RuntimeError("the model of this batcher was released")
+        return m
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

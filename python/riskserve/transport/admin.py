@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -49,7 +50,9 @@ class AdminServicer(pb_grpc.ModelAdminServicer):  # type: ignore[misc]
 
     async def ListModels(self, request: Any, context: Any) -> pb.ListModelsResponse:
         out = []
-        for name, versions in self.m.list_models():
+        # Hashing every available version reads files: keep it off the event loop.
+        listing = await asyncio.get_running_loop().run_in_executor(None, self.m.list_models)
+        for name, versions in listing:
             out.append(pb.ModelInfo(name=name, versions=[pb.VersionInfo(**v) for v in versions]))
         return pb.ListModelsResponse(models=out)
 

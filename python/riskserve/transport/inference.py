@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -49,7 +50,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         out = []
-        for name, versions in self._mgr().list_models():
+        listing = await asyncio.get_running_loop().run_in_executor(None, self._mgr().list_models)
+        for name, versions in listing:
             for v in versions:
                 ready = v["state"] == "LOADED"
                 if request.ready and not ready:

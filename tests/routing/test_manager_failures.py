@@ -1,0 +1,162 @@
+"""Deployment manager failure paths with real models on a real registry: a
+restart after a weight-0 version vanished, a state write that fails (memory must
+stay equal to disk), and a canary guard facing two failing canaries at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from riskserve.config import Settings
+from riskserve.errors import Conflict, Unavailable
+from riskserve.monitoring import Metrics
+from riskserve.registry import ModelRepository
+from riskserve.routing import RoutingTable
+from riskserve.routing.guard import CanaryGuard, VariantStats
+from riskserve.routing.manager import STATE_FILE, DeploymentManager
+from riskserve.training.datagen import run_datagen
+from riskserve.training.train import TrainConfig, train
+
+SPEC = Path(__file__).resolve().parents[2] / "python/riskserve/training/specs/fraud.json"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/fraud/{1,2,3}: three real versions (different seeds)."""
+    d = tmp_path_factory.mktemp("mgr")
+    run_datagen(2500, 0, d / "train.parquet")
+    for seed in (1, 2, 3):
+        train(
+            TrainConfig(
+                data=d / "train.parquet",
+                target="is_fraud",
+                model="fraud",
+                models_dir=d / "models",
+                spec=SPEC,
+                rounds=8,
+                seed=seed,
+            )
+        )
+    return d / "models"
+
+
+@pytest.fixture
+def models(trained: Path, tmp_path: Path) -> Path:
+    shutil.copytree(trained, tmp_path / "models")
+    return tmp_path / "models"
+
+
+def manager(models: Path, **settings: object) -> tuple[DeploymentManager, list[RoutingTable]]:
+    published: list[RoutingTable] = []
+    s = Settings(models_dir=models, drift_enabled=False, **settings)  # type: ignore[arg-type]
+    return DeploymentManager(s, ModelRepository(models), published.append), published
+
+
+def test_restart_after_a_zero_weight_version_vanished(models: Path) -> None:
+    mgr, _ = manager(models)
+    mgr.restore()
+
+    async def change() -> None:
+        await mgr.promote("fraud", 1, "t", "back to v1")  # v2, v3 stay loaded at weight 0
+
+    asyncio.run(change())
+    shutil.rmtree(models / "fraud" / "2")
+    mgr2, published = manager(models)
+    table = mgr2.restore()  # must not raise
+    dep = table.deployment("fraud")
+    assert dep.live == 1 and 2 not in dep.versions
+    assert all(v.version != 2 for v in dep.variants)
+    assert mgr2.state("fraud").current.action == "restore"
+    assert published[-1] is table
+
+
+def test_a_failed_state_write_leaves_memory_equal_to_disk(models: Path) -> None:
+    mgr, published = manager(models)
+    mgr.restore()
+    path = models / "fraud" / STATE_FILE
+    before = json.loads(path.read_text())
+    rev_before = mgr.state("fraud").current.revision
+    tables_before = len(published)
+    path.unlink()
+    path.mkdir()  # os.replace onto a directory fails: a disk that will not write
+
+    async def fail() -> None:
+        with pytest.raises(Unavailable, match="cannot write"):
+            await mgr.set_traffic("fraud", [(3, 90), (2, 10)], "", "t", "")
+        with pytest.raises(Unavailable):
+            await mgr.promote("fraud", 2, "t", "")
+
+    asyncio.run(fail())
+    st = mgr.state("fraud")
+    assert st.current.revision == rev_before and len(published) == tables_before
+    assert sorted(st.models) == [1, 2, 3]
+    path.rmdir()
+
+    async def succeed() -> None:
+        rev = await mgr.set_traffic("fraud", [(3, 90), (2, 10)], "", "t", "")
+        assert rev.revision == rev_before + 1
+
+    asyncio.run(succeed())
+    after = json.loads(path.read_text())
+    assert after["current"] == rev_before + 1
+    assert [r["revision"] for r in after["history"]] == [
+        *(r["revision"] for r in before["history"]),
+        rev_before + 1,
+    ]
+    # The in-memory history and the file agree revision for revision.
+    assert [r.revision for r in mgr.state("fraud").history] == [
+        r["revision"] for r in after["history"]
+    ]
+
+
+def test_a_failed_first_load_of_a_new_model_leaves_no_state(models: Path) -> None:
+    shutil.copytree(models / "fraud", models / "other", ignore=shutil.ignore_patterns("2", "3"))
+    manifest = models / "other" / "1" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["name"] = "other"
+    manifest.write_text(json.dumps(data))
+    mgr, _ = manager(models)
+    mgr.restore()
+    asyncio.run(mgr.remove("other", "t", "out of service"))
+    (models / "other" / STATE_FILE).unlink()
+    (models / "other" / STATE_FILE).mkdir()
+
+    async def run() -> None:
+        with pytest.raises(Unavailable):
+            await mgr.load("other", 1, "t", "")
+        assert "other" not in mgr.names()
+        # Every other model still takes changes.
+        rev = await mgr.set_traffic("fraud", [(3, 50), (1, 50)], "", "t", "")
+        assert rev.variants == ((1, 50), (3, 50))
+
+    asyncio.run(run())
+
+
+def test_two_failing_canaries_roll_back_once(models: Path) -> None:
+    mgr, _ = manager(models, canary_min_requests=10, canary_max_error_ratio=0.05)
+    mgr.restore()  # v3 live (newest)
+
+    async def run() -> None:
+        await mgr.promote("fraud", 2, "t", "v2 live")
+        split = await mgr.set_traffic("fraud", [(2, 80), (3, 10), (1, 10)], "", "t", "")
+        guard = CanaryGuard(mgr.settings, mgr, Metrics(CollectorRegistry()))
+        for v in (1, 2, 3):
+            guard.stats.setdefault(("fraud", split.revision), {})[v] = VariantStats(
+                requests=100, errors=50 if v != 2 else 0
+            )
+        acted = await guard.enforce()
+        assert len(acted) == 1 and acted[0].revision == split.revision
+        cur = mgr.state("fraud").current
+        # One step back: to v2 at 100%, not past it to the retired v3.
+        assert tuple((v, w) for v, w in cur.variants if w) == ((2, 100),)
+        assert cur.actor == "canary-guard"
+        # A breach measured on an older revision is stale: no second rollback.
+        with pytest.raises(Conflict, match="not rolling back"):
+            await mgr.rollback("fraud", "canary-guard", "late", expected_revision=split.revision)
+
+    asyncio.run(run())
