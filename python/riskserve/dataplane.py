@@ -162,7 +162,7 @@ class DataPlane:
         seconds = time.perf_counter() - start
         model = routed.model
         self._metrics.observe_ok(model.name, result.model_version, routed.variant, seconds, rows)
-        if self.guard is not None:
+        if self.guard is not None and routed.split:
             self.guard.record(model.name, model.version, routed.revision, seconds, True, result)
         if routed.shadow is not None:
             self._start_shadow(routed.shadow, columns, result)
@@ -189,7 +189,7 @@ class DataPlane:
             return
         m = routed.model
         self._metrics.observe_error(m.name, str(m.version), routed.variant, code)
-        if self.guard is not None and code in SERVER_FAULTS:
+        if self.guard is not None and routed.split and code in SERVER_FAULTS:
             self.guard.record(m.name, m.version, routed.revision, 0.0, False, None)
 
     async def _infer(

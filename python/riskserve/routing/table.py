@@ -45,6 +45,8 @@ class Routed:
     variant: str
     revision: int
     shadow: LoadedModel | None = None
+    #: More than one variant takes traffic: the canary guard watches this request.
+    split: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +126,7 @@ class RoutingTable:
         shadow = None
         if dep.wants_shadow(key) and dep.shadow_version != v:
             shadow = dep.versions.get(dep.shadow_version or -1)
-        return Routed(dep.versions[v], f"v{v}", dep.revision, shadow)
+        return Routed(dep.versions[v], f"v{v}", dep.revision, shadow, len(dep._ranges) > 1)
 
 
 def _explicit(dep: Deployment, version: str) -> LoadedModel:

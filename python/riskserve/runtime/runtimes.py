@@ -3,6 +3,7 @@ release the GIL inside their native predict call."""
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Protocol
 
@@ -10,6 +11,11 @@ import numpy as np
 import numpy.typing as npt
 
 FloatMatrix = npt.NDArray[np.float32]
+
+# LightGBM C API constants (c_api.h).
+_C_API_DTYPE_FLOAT32 = 0
+_C_API_ROW_MAJOR = 1
+_C_API_PREDICT_NORMAL = 0
 Scores = npt.NDArray[np.float32]
 
 
@@ -26,6 +32,7 @@ class LightGBMRuntime:
 
     def __init__(self, model_file: Path, n_features: int) -> None:
         import lightgbm
+        import lightgbm.basic as lgb_basic
 
         self._booster = lightgbm.Booster(model_file=str(model_file))
         if self._booster.num_feature() != n_features:
@@ -33,10 +40,40 @@ class LightGBMRuntime:
                 f"{model_file}: model expects {self._booster.num_feature()} features, "
                 f"the feature spec produces {n_features}"
             )
+        self._n_features = n_features
+        # LightGBM's C API directly: Booster.predict spends ~50 µs per call in
+        # Python checks that a float32 C-contiguous matrix does not need. The
+        # served scores are tested equal to Booster.predict (≤ 1e-6).
+        self._lib = lgb_basic._LIB  # type: ignore[attr-defined]
+        self._check = lgb_basic._safe_call
+        self._params = ctypes.c_char_p(b"num_threads=1")
 
     def predict(self, features: FloatMatrix) -> Scores:
-        out = self._booster.predict(features, num_threads=1)
-        return np.asarray(out, dtype=np.float32)
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        rows, cols = x.shape
+        if cols != self._n_features:
+            raise ValueError(f"expected {self._n_features} features, got {cols}")
+        out = np.empty(rows, dtype=np.float64)
+        n_out = ctypes.c_int64(0)
+        self._check(
+            self._lib.LGBM_BoosterPredictForMat(
+                self._booster._handle,
+                x.ctypes.data_as(ctypes.c_void_p),
+                ctypes.c_int(_C_API_DTYPE_FLOAT32),
+                ctypes.c_int32(rows),
+                ctypes.c_int32(cols),
+                ctypes.c_int(_C_API_ROW_MAJOR),
+                ctypes.c_int(_C_API_PREDICT_NORMAL),
+                ctypes.c_int(0),  # start iteration
+                ctypes.c_int(-1),  # all iterations
+                self._params,
+                ctypes.byref(n_out),
+                out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+            )
+        )
+        if n_out.value != rows:
+            raise RuntimeError(f"LightGBM returned {n_out.value} scores for {rows} rows")
+        return out.astype(np.float32)
 
 
 class OnnxRuntime:
