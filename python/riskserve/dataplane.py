@@ -10,7 +10,7 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -48,8 +48,9 @@ class CanaryGuardLike(Protocol):
 TensorData = npt.NDArray[Any] | bytes | list[bytes]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class InferInput:
+class InferInput(NamedTuple):
+    """One decoded input tensor (a NamedTuple: ~35 are built per request)."""
+
     name: str
     datatype: str
     shape: tuple[int, ...]

@@ -64,14 +64,15 @@ def decode_request(req: pb.ModelInferRequest, time_remaining: float | None = Non
             "send raw contents for every input or for none"
         )
     inputs = []
+    # The hot path: ~35 inputs per request, so per-input work is kept minimal.
     for i, t in enumerate(req.inputs):
         name, datatype = t.name, t.datatype
         if not name:
             raise InvalidInput(f"input #{i} has no name")
-        shape = tuple(int(d) for d in t.shape)
-        if any(d < 0 for d in shape):
+        shape = tuple(t.shape)
+        if shape and min(shape) < 0:
             raise InvalidInput(f"input {name!r} has a negative dimension in shape {list(shape)}")
-        count = math.prod(shape)
+        count = shape[0] if len(shape) == 1 else math.prod(shape)
         data: TensorData
         if raw:
             data = _decode_raw(name, datatype, shape, count, raw[i])
@@ -103,11 +104,9 @@ def _decode_raw(
             f"input {name!r}: raw content is {len(buf)} bytes, but shape {list(shape)} of "
             f"{datatype} needs {count * dtype.itemsize}"
         )
-    if datatype == "BOOL":
-        raw = np.frombuffer(buf, dtype=np.uint8)
-        if raw.size and int(raw.max()) > 1:
-            raise InvalidInput(f"input {name!r}: BOOL raw content must hold only bytes 0 and 1")
-        return raw.view(np.bool_)
+    if datatype == "BOOL" and buf.translate(None, b"\x00\x01"):
+        # Anything but 0/1 bytes is not a bool (bytes.translate: C speed, no numpy).
+        raise InvalidInput(f"input {name!r}: BOOL raw content must hold only bytes 0 and 1")
     return np.frombuffer(buf, dtype=dtype)
 
 
