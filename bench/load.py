@@ -2,6 +2,7 @@
 
     python bench/load.py --target HOST:PORT --model fraud --concurrency C \
         --duration T --warmup W [--rows R] [--procs P] [--channels N] \
+        [--request-kind raw-fields|matrix --features features.json] [--model-version V] \
         [--out FILE.json] [--png FILE.png]
 
 C clients each keep exactly one request in flight: send, wait for the reply, send the next.
@@ -16,6 +17,13 @@ The first W seconds are warm-up. Measured: requests that *complete* inside the f
 T seconds. Reported: req/s, rows/s, latency p50/p95/p99/p99.9/max in ms, errors by status
 code, a per-second timeline and the generator's own CPU use (when it nears 100% of a core
 the generator, not the server, is the bottleneck).
+
+``--request-kind matrix`` is for servers that take the feature matrix (e.g. MLServer's
+LightGBM runtime): each request is one FP32 input ``input-0`` of shape [rows, n_features],
+the same datagen rows transformed up front with riskserve's FeaturePipeline(``--features``),
+so the server skips the raw-field decoding and the feature transform. Its replies are
+accepted with one FP32 or FP64 output of ``rows`` elements (raw or typed contents);
+raw-fields replies must be exactly one raw FP32 output of 4 x rows bytes, as before.
 """
 
 from __future__ import annotations
@@ -52,12 +60,13 @@ class ProcJob:
     timeout: float
     use_uvloop: bool
     rpc: str = "infer"  # or "live": ServerLive, the transport floor
+    lenient: bool = False  # accept FP32/FP64, raw or typed contents (matrix requests)
 
 
 # --------------------------------------------------------------------------- requests
 
 
-def fetch_metadata(target: str, model: str, wait: float) -> dict[str, Any]:
+def fetch_metadata(target: str, model: str, wait: float, version: str = "") -> dict[str, Any]:
     """Waits for ServerReady and ModelReady, then returns the model's metadata."""
     import grpc
 
@@ -77,9 +86,12 @@ def fetch_metadata(target: str, model: str, wait: float) -> dict[str, Any]:
             time.sleep(0.2)
         else:
             raise SystemExit(f"server at {target} not ready after {wait:.0f}s ({last})")
-        if not stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=5).ready:
-            raise SystemExit(f"model {model!r} is not ready")
-        md = stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=5)
+        ready_req = pb.ModelReadyRequest(name=model, version=version)
+        while not stub.ModelReady(ready_req, timeout=5).ready:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"model {model!r} is not ready")
+            time.sleep(0.2)
+        md = stub.ModelMetadata(pb.ModelMetadataRequest(name=model, version=version), timeout=5)
         return {
             "name": md.name,
             "versions": list(md.versions),
@@ -89,7 +101,7 @@ def fetch_metadata(target: str, model: str, wait: float) -> dict[str, Any]:
 
 
 def build_payloads(
-    model: str, datatypes: dict[str, str], rows: int, count: int, seed: int
+    model: str, datatypes: dict[str, str], rows: int, count: int, seed: int, version: str = ""
 ) -> list[bytes]:
     """`count` distinct serialized requests of `rows` datagen rows each."""
     from riskserve.client import build_request
@@ -104,8 +116,48 @@ def build_payloads(
     out = []
     for i in range(count):
         batch = {k: v[i * rows : (i + 1) * rows] for k, v in cols.items()}
-        out.append(build_request(model, batch, datatypes).SerializeToString())
+        out.append(build_request(model, batch, datatypes, version=version).SerializeToString())
     return out
+
+
+def build_matrix_payloads(
+    model: str, features: Path, rows: int, count: int, seed: int, version: str = ""
+) -> list[bytes]:
+    """`count` distinct serialized requests, each one FP32 input of shape [rows, n_features]:
+    datagen rows already transformed by FeaturePipeline(features.json)."""
+    from riskserve._native import FeaturePipeline
+    from riskserve.pb.inference import grpc_service_pb2 as pb
+    from riskserve.training.datagen import generate
+    from riskserve.training.train import columns_of
+
+    pipeline = FeaturePipeline(features.read_text())
+    table = generate(rows * count, seed)
+    x = pipeline.transform(columns_of(table, [name for name, _ in pipeline.inputs]))
+    x = np.ascontiguousarray(x, dtype="<f4")
+    out = []
+    for i in range(count):
+        req = pb.ModelInferRequest(model_name=model, model_version=version)
+        req.inputs.add(name="input-0", datatype="FP32", shape=[rows, pipeline.n_features])
+        req.raw_input_contents.append(x[i * rows : (i + 1) * rows].tobytes())
+        out.append(req.SerializeToString())
+    return out
+
+
+_ITEMSIZE = {"FP32": 4, "FP64": 8}
+
+
+def _reply_ok(resp: Any, rows: int, lenient: bool) -> bool:
+    """Strict: one raw FP32 output of `rows` values. Lenient: one FP32/FP64 output of `rows`
+    values, raw or in typed contents."""
+    if not lenient:
+        return len(resp.raw_output_contents) == 1 and len(resp.raw_output_contents[0]) == 4 * rows
+    if len(resp.outputs) != 1 or resp.outputs[0].datatype not in _ITEMSIZE:
+        return False
+    out = resp.outputs[0]
+    if resp.raw_output_contents:
+        return len(resp.raw_output_contents[0]) == _ITEMSIZE[out.datatype] * rows
+    vals = out.contents.fp32_contents if out.datatype == "FP32" else out.contents.fp64_contents
+    return len(vals) == rows
 
 
 # --------------------------------------------------------------------------- clients
@@ -141,7 +193,7 @@ async def _run_clients(job: ProcJob, sync: Any) -> dict[str, Any]:
     ends: list[float] = []
     lats: list[float] = []
     errors: list[tuple[float, str]] = []
-    expected = 4 * job.rows
+    rows, lenient = job.rows, job.lenient
     n_req = len(requests)
 
     async def client(k: int) -> None:
@@ -168,7 +220,7 @@ async def _run_clients(job: ProcJob, sync: Any) -> dict[str, Any]:
                 if not resp.live:
                     errors.append((t1, "BAD_RESPONSE"))
                     continue
-            elif len(resp.raw_output_contents) != 1 or len(resp.raw_output_contents[0]) != expected:
+            elif not _reply_ok(resp, rows, lenient):
                 errors.append((t1, "BAD_RESPONSE"))
                 continue
             ends.append(t1)
@@ -227,12 +279,24 @@ def run_load(
     timeout: float,
     use_uvloop: bool,
     rpc: str = "infer",
+    lenient: bool = False,
 ) -> tuple[list[dict[str, Any]], float, float]:
     """Runs the clients; returns per-process samples and the measurement window."""
     procs = max(1, min(procs, concurrency))
     per_proc = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
     jobs = [
-        ProcJob(i, target, c, max(1, min(channels, c)), payloads, rows, timeout, use_uvloop, rpc)
+        ProcJob(
+            i,
+            target,
+            c,
+            max(1, min(channels, c)),
+            payloads,
+            rows,
+            timeout,
+            use_uvloop,
+            rpc,
+            lenient,
+        )
         for i, c in enumerate(per_proc)
     ]
 
@@ -485,14 +549,35 @@ def main(argv: list[str] | None = None) -> int:
         help="infer: ModelInfer (default); live: ServerLive, to measure the transport floor "
         "and the generator's own ceiling",
     )
+    ap.add_argument(
+        "--request-kind",
+        choices=("raw-fields", "matrix"),
+        default="raw-fields",
+        help="raw-fields: one input per raw column, as riskserve takes them (default); "
+        "matrix: one FP32 [rows, n_features] input, pre-transformed with --features",
+    )
+    ap.add_argument(
+        "--features", help="features.json of the model (needed with --request-kind matrix)"
+    )
+    ap.add_argument("--model-version", default="", help="model_version to request (default any)")
     ap.add_argument("--out", help="write the report as JSON here")
     ap.add_argument("--png", help="write a latency plot here")
     a = ap.parse_args(argv)
     if a.concurrency < 1 or a.duration <= 0 or a.warmup < 0 or a.rows < 1 or a.requests < 1:
         ap.error("need concurrency >= 1, duration > 0, warmup >= 0, rows >= 1, requests >= 1")
+    matrix = a.request_kind == "matrix"
+    if matrix and not a.features:
+        ap.error("--request-kind matrix needs --features PATH/features.json")
 
-    md = fetch_metadata(a.target, a.model, a.wait)
-    payloads = build_payloads(a.model, md["datatypes"], a.rows, a.requests, a.seed)
+    md = fetch_metadata(a.target, a.model, a.wait, a.model_version)
+    if matrix:
+        payloads = build_matrix_payloads(
+            a.model, Path(a.features), a.rows, a.requests, a.seed, a.model_version
+        )
+    else:
+        payloads = build_payloads(
+            a.model, md["datatypes"], a.rows, a.requests, a.seed, a.model_version
+        )
     started = dt.datetime.now(dt.UTC)
     samples, t0, t1 = run_load(
         a.target,
@@ -506,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         a.timeout,
         not a.no_uvloop,
         a.rpc,
+        matrix,
     )
     res = summarize(samples, t0, t1, a.rows, a.duration)
     ends, lats = res.pop("_ends"), res.pop("_lats")
@@ -517,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
             "target": a.target,
             "model": a.model,
             "rpc": a.rpc,
+            "request_kind": a.request_kind,
+            "model_version": a.model_version,
             "concurrency": a.concurrency,
             "duration": a.duration,
             "warmup": a.warmup,
