@@ -24,6 +24,12 @@ the same datagen rows transformed up front with riskserve's FeaturePipeline(``--
 so the server skips the raw-field decoding and the feature transform. Its replies are
 accepted with one FP32 or FP64 output of ``rows`` elements (raw or typed contents);
 raw-fields replies must be exactly one raw FP32 output of 4 x rows bytes, as before.
+
+Open loop (``--rate R``, ``--rates R1,R2,...``, ``--step``): requests are scheduled at
+t0 + i/R whatever the replies do, and latency runs from each request's *scheduled* time
+(no coordinated omission). ``--concurrency`` is then the cap on requests in flight; a
+request due while the cap is reached is counted as dropped_by_generator. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from typing import Any
 import numpy as np
 
 CLOCK = time.monotonic  # CLOCK_MONOTONIC: comparable across processes on one host
+OPEN_CAP = 1000  # open loop: default cap on requests in flight
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,11 @@ class ProcJob:
     use_uvloop: bool
     rpc: str = "infer"  # or "live": ServerLive, the transport floor
     lenient: bool = False  # accept FP32/FP64, raw or typed contents (matrix requests)
+    # Open loop: (start offset s, end offset s, rate req/s) segments from the shared start;
+    # empty for the closed loop. This process sends every nprocs-th scheduled request, and
+    # `clients` is then its cap on requests in flight.
+    schedule: tuple[tuple[float, float, float], ...] = ()
+    nprocs: int = 1
 
 
 # --------------------------------------------------------------------------- requests
@@ -163,7 +175,9 @@ def _reply_ok(resp: Any, rows: int, lenient: bool) -> bool:
 # --------------------------------------------------------------------------- clients
 
 
-async def _run_clients(job: ProcJob, sync: Any) -> dict[str, Any]:
+async def _connect(job: ProcJob) -> tuple[list[Any], list[Any], list[Any]]:
+    """Opens the channels and sends one real request per channel; returns channels, stubs and
+    the parsed requests."""
     import grpc
 
     from riskserve.pb.inference import grpc_service_pb2 as pb
@@ -181,10 +195,19 @@ async def _run_clients(job: ProcJob, sync: Any) -> dict[str, Any]:
     for c in channels:
         await asyncio.wait_for(c.channel_ready(), timeout=30)
     # One real request per channel before the clock starts.
-    live = job.rpc == "live"
-    live_req = pb.ServerLiveRequest()
     for s in stubs:
         await s.ModelInfer(requests[0], timeout=job.timeout)
+    return channels, stubs, requests
+
+
+async def _run_clients(job: ProcJob, sync: Any) -> dict[str, Any]:
+    import grpc
+
+    from riskserve.pb.inference import grpc_service_pb2 as pb
+
+    channels, stubs, requests = await _connect(job)
+    live = job.rpc == "live"
+    live_req = pb.ServerLiveRequest()
 
     start, _measure_from, measure_to = sync()
     while CLOCK() < start:
@@ -240,6 +263,104 @@ async def _run_clients(job: ProcJob, sync: Any) -> dict[str, Any]:
     }
 
 
+def _schedule_of(job: ProcJob, start: float) -> np.ndarray:
+    """This process's scheduled send times (absolute CLOCK): start + s + i / rate for every
+    segment, keeping i = index, index + nprocs, ... so the processes interleave."""
+    parts = []
+    for off0, off1, rate in job.schedule:
+        n = max(0, math.ceil((off1 - off0) * rate - 1e-9))
+        i = np.arange(job.index, n, job.nprocs, dtype=np.float64)
+        parts.append(start + off0 + i / rate)
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+async def _run_open(job: ProcJob, sync: Any) -> dict[str, Any]:
+    """Open loop: sends each request at its scheduled time, whatever the replies do.
+
+    Latency is measured from the *scheduled* time, so a late send (generator behind) or a
+    queue at the server shows up in the latency instead of silently lowering the rate. A
+    request whose time comes while `job.clients` requests are already in flight is not sent:
+    it is counted as dropped_by_generator."""
+    import grpc
+
+    from riskserve.pb.inference import grpc_service_pb2 as pb
+
+    channels, stubs, requests = await _connect(job)
+    live = job.rpc == "live"
+    live_req = pb.ServerLiveRequest()
+    start, _measure_from, _measure_to = sync()
+    sched = _schedule_of(job, start)
+
+    ok_sched: list[float] = []
+    ok_end: list[float] = []
+    sent_sched: list[float] = []
+    sent_lag: list[float] = []
+    errors: list[tuple[float, str]] = []  # (scheduled time, code)
+    dropped: list[float] = []
+    rows, lenient, cap = job.rows, job.lenient, job.clients
+    n_req = len(requests)
+    clock = CLOCK
+    inflight = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(k: int, ts: float) -> None:
+        nonlocal inflight
+        stub = stubs[k % len(stubs)]
+        try:
+            sent = clock()
+            sent_sched.append(ts)
+            sent_lag.append(sent - ts)
+            if live:
+                resp = await stub.ServerLive(live_req, timeout=job.timeout)
+            else:
+                resp = await stub.ModelInfer(requests[k % n_req], timeout=job.timeout)
+            t1 = clock()
+            if (not resp.live) if live else not _reply_ok(resp, rows, lenient):
+                errors.append((ts, "BAD_RESPONSE"))
+                return
+            ok_sched.append(ts)
+            ok_end.append(t1)
+        except grpc.aio.AioRpcError as e:
+            errors.append((ts, e.code().name))
+        except Exception as e:  # counted, never fatal
+            errors.append((ts, type(e).__name__))
+        finally:
+            inflight -= 1
+
+    loop = asyncio.get_running_loop()
+    cpu0 = time.process_time()
+    for k, ts in enumerate(sched.tolist()):
+        # Never early: the event loop's timers have ~1 ms resolution and can wake early.
+        # sleep(0) still yields, so replies are handled even when the generator runs late.
+        await asyncio.sleep(max(0.0, ts - clock()))
+        while clock() < ts:
+            await asyncio.sleep(max(0.0, ts - clock()))
+        if inflight >= cap:
+            dropped.append(ts)
+            continue
+        inflight += 1
+        t = loop.create_task(one(k * job.nprocs + job.index, ts))
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+    if tasks:  # the last replies (each has its own deadline)
+        await asyncio.wait(set(tasks), timeout=job.timeout + 5)
+    cpu = time.process_time() - cpu0
+    wall = clock() - start
+    for c in channels:
+        await c.close()
+    return {
+        "sched": sched,
+        "ok_sched": np.asarray(ok_sched, dtype=np.float64),
+        "ok_end": np.asarray(ok_end, dtype=np.float64),
+        "sent_sched": np.asarray(sent_sched, dtype=np.float64),
+        "sent_lag": np.asarray(sent_lag, dtype=np.float64),
+        "errors": errors,
+        "dropped": np.asarray(dropped, dtype=np.float64),
+        "cpu_seconds": cpu,
+        "wall_seconds": wall,
+    }
+
+
 def _event_loop_runner(use_uvloop: bool) -> Any:
     if use_uvloop:
         try:
@@ -260,7 +381,8 @@ def _proc_main(job: ProcJob, barrier: Any, times: Any, queue: Any) -> None:
         return times[0], times[1], times[2]
 
     try:
-        res = _event_loop_runner(job.use_uvloop)(_run_clients(job, sync))
+        run = _run_open if job.schedule else _run_clients
+        res = _event_loop_runner(job.use_uvloop)(run(job, sync))
         queue.put((job.index, res))
     except BaseException as e:
         barrier.abort()
@@ -280,8 +402,12 @@ def run_load(
     use_uvloop: bool,
     rpc: str = "infer",
     lenient: bool = False,
+    schedule: tuple[tuple[float, float, float], ...] = (),
 ) -> tuple[list[dict[str, Any]], float, float]:
-    """Runs the clients; returns per-process samples and the measurement window."""
+    """Runs the clients; returns per-process samples and the measurement window.
+
+    With a `schedule` (open loop), `concurrency` is the cap on requests in flight, split
+    over the processes, and the window is (start, start + warmup + duration)."""
     procs = max(1, min(procs, concurrency))
     per_proc = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
     jobs = [
@@ -296,6 +422,8 @@ def run_load(
             use_uvloop,
             rpc,
             lenient,
+            schedule,
+            procs,
         )
         for i, c in enumerate(per_proc)
     ]
@@ -311,7 +439,8 @@ def run_load(
             box.append(window())
             return box[0]
 
-        res = _event_loop_runner(use_uvloop)(_run_clients(jobs[0], sync))
+        run = _run_open if schedule else _run_clients
+        res = _event_loop_runner(use_uvloop)(run(jobs[0], sync))
         return [res], box[0][1], box[0][2]
 
     ctx = mp.get_context("spawn")
@@ -419,6 +548,129 @@ def summarize(
     }
 
 
+def summarize_open(
+    samples: list[dict[str, Any]], w0: float, w1: float, rows: int, offered: float
+) -> dict[str, Any]:
+    """Open-loop report for the window [w0, w1): requests are attributed to the window by
+    their *scheduled* time, latency runs from that time to the reply. The achieved rate
+    counts the good replies that arrive inside the window."""
+    duration = w1 - w0
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([s[key] for s in samples])
+
+    def inside(t: np.ndarray) -> np.ndarray:
+        return (t >= w0) & (t < w1)
+
+    sched, ok_sched, ok_end = cat("sched"), cat("ok_sched"), cat("ok_end")
+    sent_sched, sent_lag, dropped = cat("sent_sched"), cat("sent_lag"), cat("dropped")
+    keep = inside(ok_sched)
+    starts, lats = ok_sched[keep] - w0, (ok_end[keep] - ok_sched[keep]) * 1e3
+    order = np.argsort(starts)
+    starts, lats = starts[order], lats[order]
+    lag = sent_lag[inside(sent_sched)] * 1e3
+    errors: dict[str, int] = {}
+    for smp in samples:
+        for t, code in smp["errors"]:
+            if w0 <= t < w1:
+                errors[code] = errors.get(code, 0) + 1
+    n, n_sched = int(lats.size), int(inside(sched).sum())
+    n_dropped, n_err = int(inside(dropped).sum()), sum(errors.values())
+
+    def pct(x: np.ndarray, q: float) -> float | None:
+        return float(np.percentile(x, q)) if x.size else None
+
+    latency = {
+        "p50": pct(lats, 50),
+        "p90": pct(lats, 90),
+        "p95": pct(lats, 95),
+        "p99": pct(lats, 99),
+        "p99.9": pct(lats, 99.9),
+        "max": float(lats.max()) if n else None,
+        "min": float(lats.min()) if n else None,
+        "mean": float(lats.mean()) if n else None,
+    }
+    achieved = int(inside(ok_end).sum()) / duration
+    timeline = []
+    n_bins = max(1, math.ceil(duration - 1e-9))
+    bins = np.minimum(np.floor(starts), n_bins - 1).astype(np.int64)
+    sched_bins = np.minimum(np.floor(sched[inside(sched)] - w0), n_bins - 1).astype(np.int64)
+    for sec in range(n_bins):
+        m = bins == sec
+        w = lats[m]
+        timeline.append(
+            {
+                "second": sec,
+                "scheduled": int((sched_bins == sec).sum()),
+                "requests": int(m.sum()),
+                "p50_ms": pct(w, 50),
+                "p99_ms": pct(w, 99),
+            }
+        )
+    return {
+        "offered_rps": offered,
+        "achieved_rps": achieved,
+        "throughput_rps": achieved,
+        "rows_per_second": achieved * rows,
+        "scheduled": n_sched,
+        "requests": n,
+        "errors": n_err,
+        "errors_by_code": dict(sorted(errors.items())),
+        "dropped_by_generator": n_dropped,
+        "unfinished": n_sched - n - n_err - n_dropped,  # no reply within --timeout + 5 s
+        "latency_ms": latency,
+        "send_lag_ms": {"p50": pct(lag, 50), "p99": pct(lag, 99), "max": pct(lag, 100)},
+        "timeline": timeline,
+        "_ends": starts,
+        "_lats": lats,
+    }
+
+
+def generator_cpu(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    cpu = sum(s["cpu_seconds"] for s in samples)
+    wall = max(s["wall_seconds"] for s in samples)
+    return {"seconds": cpu, "cores_busy": cpu / wall if wall > 0 else None}
+
+
+def print_open_table(doc: dict[str, Any]) -> None:
+    cfg = doc["config"]
+
+    def f(v: float | None) -> str:
+        return "—" if v is None else f"{v:.2f}"
+
+    print(
+        f"\nriskserve open-loop load: {cfg['target']} rpc={cfg['rpc']} model={cfg['model']} "
+        f"rows/req={cfg['rows']} cap in flight={cfg['concurrency']} procs={cfg['procs']} "
+        f"warmup={cfg['warmup']}s duration={cfg['duration']}s; latency from scheduled send"
+    )
+    hdr = (
+        f"{'phase':>8} {'offered':>8} {'achieved':>8} | {'p50':>7} {'p95':>7} {'p99':>7} "
+        f"{'p99.9':>7} {'max':>8}  (ms) | {'ok':>6} {'errors':>6} {'dropped':>7} | "
+        f"lag p99"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    rows = doc.get("points") or doc.get("phases") or [{"label": "all", "result": doc["result"]}]
+    for pt in rows:
+        r, lat = pt["result"], pt["result"]["latency_ms"]
+        label = pt.get("label", f"{r['offered_rps']:g}/s")
+        print(
+            f"{label:>8} {r['offered_rps']:>8.1f} {r['achieved_rps']:>8.1f} | {f(lat['p50']):>7} "
+            f"{f(lat['p95']):>7} {f(lat['p99']):>7} {f(lat['p99.9']):>7} {f(lat['max']):>8}"
+            f"       | {r['requests']:>6} {r['errors']:>6} {r['dropped_by_generator']:>7} | "
+            f"{f(r['send_lag_ms']['p99'])}"
+        )
+        if r["errors_by_code"]:
+            print(
+                "  errors by status: "
+                + ", ".join(f"{k}={v}" for k, v in r["errors_by_code"].items())
+            )
+    busy = doc["generator_cpu"]["cores_busy"]
+    print(f"generator cpu: {busy:.0%} of a core (whole run, all processes)")
+    if busy is not None and busy > 0.9 * cfg["procs"]:
+        print("note: the generator used ~all of its CPU; its send lag is in the latencies")
+
+
 def print_table(doc: dict[str, Any]) -> None:
     r, lat = doc["result"], doc["result"]["latency_ms"]
     cfg = doc["config"]
@@ -459,10 +711,19 @@ def plot(doc: dict[str, Any], ends: np.ndarray, lats: np.ndarray, path: Path) ->
 
     cfg, res = doc["config"], doc["result"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    title = (
-        f"riskserve {cfg['model']}: concurrency {cfg['concurrency']}, {cfg['rows']} row(s)/req, "
-        f"{res['throughput_rps']:.0f} req/s, p99 {res['latency_ms']['p99'] or 0:.2f} ms"
-    )
+    if doc.get("mode") == "open":
+        offered = " → ".join(f"{p['result']['offered_rps']:g}" for p in doc.get("phases", []))
+        title = (
+            f"riskserve {cfg['model']}: open loop, offered {offered or doc['offered_rps']} req/s, "
+            f"achieved {res['achieved_rps']:.0f}, p99 {res['latency_ms']['p99'] or 0:.2f} ms "
+            "(from scheduled send)"
+        )
+    else:
+        title = (
+            f"riskserve {cfg['model']}: concurrency {cfg['concurrency']}, "
+            f"{cfg['rows']} row(s)/req, "
+            f"{res['throughput_rps']:.0f} req/s, p99 {res['latency_ms']['p99'] or 0:.2f} ms"
+        )
     fig.suptitle(title)
 
     if lats.size:
@@ -479,7 +740,11 @@ def plot(doc: dict[str, Any], ends: np.ndarray, lats: np.ndarray, path: Path) ->
     secs = [t["second"] + 0.5 for t in tl]
     ax1.plot(secs, [t["p50_ms"] for t in tl], "o-", color="tab:blue", label="p50 per second")
     ax1.plot(secs, [t["p99_ms"] for t in tl], "s-", color="tab:red", label="p99 per second")
-    ax1.set_xlabel("seconds into the measurement window")
+    ax1.set_xlabel(
+        "scheduled send, seconds into the measurement window"
+        if doc.get("mode") == "open"
+        else "seconds into the measurement window"
+    )
     ax1.set_ylabel("latency (ms)")
     ax1.set_yscale("log")
     ax1.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -487,6 +752,14 @@ def plot(doc: dict[str, Any], ends: np.ndarray, lats: np.ndarray, path: Path) ->
     ax1.grid(True, which="both", alpha=0.3)
     ax1b = ax1.twinx()
     ax1b.plot(secs, [t["requests"] for t in tl], "--", color="tab:green", label="req/s")
+    if doc.get("mode") == "open":
+        ax1b.plot(
+            [t["second"] + 0.5 for t in res["timeline"]],
+            [t["scheduled"] for t in res["timeline"]],
+            ":",
+            color="tab:olive",
+            label="offered req/s",
+        )
     ax1b.set_ylabel("requests per second", color="tab:green")
     ax1b.set_ylim(bottom=0)
     h1, l1 = ax1.get_legend_handles_labels()
@@ -522,11 +795,87 @@ def plot(doc: dict[str, Any], ends: np.ndarray, lats: np.ndarray, path: Path) ->
     plt.close(fig)
 
 
+def plot_sweep(doc: dict[str, Any], path: Path) -> None:
+    """Latency percentiles against offered load (left), achieved against offered (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    cfg, pts = doc["config"], doc["points"]
+    x = [p["offered_rps"] for p in pts]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig.suptitle(
+        f"riskserve {cfg['model']}: open loop, {cfg['rows']} row(s)/req, "
+        f"{cfg['duration']:g} s per point after {cfg['warmup']:g} s warm-up"
+    )
+    for q, style in (("p50", "o-"), ("p95", "s-"), ("p99", "^-")):
+        ys = [p["result"]["latency_ms"][q] for p in pts]
+        ax1.plot(x, [float("nan") if y is None else y for y in ys], style, label=q)
+    ax1.set_xlabel("offered load (req/s)")
+    ax1.set_ylabel("latency from scheduled send (ms)")
+    ax1.set_yscale("log")
+    ax1.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax1.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax1.grid(True, which="both", alpha=0.3)
+    ax1.legend(fontsize=8)
+    ax1.set_title("latency percentiles against offered load", fontsize=10)
+    ax2.plot(x, [p["result"]["achieved_rps"] for p in pts], "o-", label="achieved (good replies)")
+    ax2.plot(x, x, ":", color="gray", label="achieved = offered")
+    bad = [p["result"]["errors"] + p["result"]["dropped_by_generator"] for p in pts]
+    if any(bad):
+        ax2.bar(x, bad, width=max(x) * 0.02, color="tab:red", label="errors + dropped (count)")
+    ax2.set_xlabel("offered load (req/s)")
+    ax2.set_ylabel("req/s")
+    ax2.grid(True, alpha=0.3)
+    ax2.legend(fontsize=8)
+    ax2.set_title("achieved against offered", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of rates: {text!r}") from None
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError("rates must be > 0")
+    return rates
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", required=True, help="HOST:PORT of the gRPC server")
     ap.add_argument("--model", default="fraud")
-    ap.add_argument("--concurrency", "-c", type=int, default=1, help="clients in flight")
+    ap.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=None,
+        help="closed loop: clients in flight (default 1); open loop: cap on requests in "
+        f"flight, beyond which requests are dropped by the generator (default {OPEN_CAP})",
+    )
+    rate = ap.add_mutually_exclusive_group()
+    rate.add_argument(
+        "--rate",
+        type=float,
+        help="open loop: send at this constant rate (req/s), latency from scheduled send",
+    )
+    rate.add_argument(
+        "--rates",
+        type=_rates,
+        help="open-loop sweep R1,R2,...: each rate for --warmup then --duration seconds",
+    )
+    ap.add_argument(
+        "--step",
+        action="store_true",
+        help="with --rate R: warm up at R, then R for duration/2 and 2R for duration/2, "
+        "reported as two phases",
+    )
     ap.add_argument("--duration", type=float, default=15.0, help="measured seconds")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     ap.add_argument("--rows", type=int, default=1, help="rows per request")
@@ -563,6 +912,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write the report as JSON here")
     ap.add_argument("--png", help="write a latency plot here")
     a = ap.parse_args(argv)
+    open_loop = a.rate is not None or a.rates is not None
+    if a.concurrency is None:
+        a.concurrency = OPEN_CAP if open_loop else 1
+    if a.step and a.rate is None:
+        ap.error("--step needs --rate R")
+    if a.rate is not None and a.rate <= 0:
+        ap.error("--rate must be > 0")
     if a.concurrency < 1 or a.duration <= 0 or a.warmup < 0 or a.rows < 1 or a.requests < 1:
         ap.error("need concurrency >= 1, duration > 0, warmup >= 0, rows >= 1, requests >= 1")
     matrix = a.request_kind == "matrix"
@@ -579,6 +935,8 @@ def main(argv: list[str] | None = None) -> int:
             a.model, md["datatypes"], a.rows, a.requests, a.seed, a.model_version
         )
     started = dt.datetime.now(dt.UTC)
+    if open_loop:
+        return _main_open(a, md, payloads, matrix, started)
     samples, t0, t1 = run_load(
         a.target,
         payloads,
@@ -635,6 +993,115 @@ def main(argv: list[str] | None = None) -> int:
         plot(doc, ends, lats, Path(a.png))
         print(f"wrote {a.png}")
     return 0 if res["requests"] > 0 else 1
+
+
+def _main_open(
+    a: argparse.Namespace,
+    md: dict[str, Any],
+    payloads: list[bytes],
+    matrix: bool,
+    started: dt.datetime,
+) -> int:
+    """--rate R [--step] or --rates R1,R2,...: one schedule, run once, cut into windows."""
+    span = a.warmup + a.duration
+    if a.rates is not None:
+        schedule = tuple((j * span, (j + 1) * span, r) for j, r in enumerate(a.rates))
+        windows = [
+            (f"{r:g}/s", j * span + a.warmup, (j + 1) * span, r) for j, r in enumerate(a.rates)
+        ]
+    elif a.step:
+        half = a.warmup + a.duration / 2
+        schedule = ((0.0, half, a.rate), (half, span, 2 * a.rate))
+        windows = [("R", a.warmup, half, a.rate), ("2R", half, span, 2 * a.rate)]
+    else:
+        schedule = ((0.0, span, a.rate),)
+        windows = [("all", a.warmup, span, a.rate)]
+    total = schedule[-1][1]
+    samples, start, _ = run_load(
+        a.target,
+        payloads,
+        a.rows,
+        a.concurrency,
+        total,
+        0.0,
+        a.procs,
+        a.channels,
+        a.timeout,
+        not a.no_uvloop,
+        a.rpc,
+        matrix,
+        schedule,
+    )
+    parts = []
+    for label, w0, w1, offered in windows:
+        res = summarize_open(samples, start + w0, start + w1, a.rows, offered)
+        parts.append((label, res.pop("_ends"), res.pop("_lats"), res))
+    doc: dict[str, Any] = {
+        "benchmark": "load",
+        "mode": "open",
+        "scenario": "sweep" if a.rates is not None else ("step" if a.step else "constant"),
+        "date": started.isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "offered_rps": a.rates if a.rates is not None else a.rate,
+        "config": {
+            "target": a.target,
+            "model": a.model,
+            "rpc": a.rpc,
+            "request_kind": a.request_kind,
+            "model_version": a.model_version,
+            "concurrency": a.concurrency,  # the cap on requests in flight
+            "duration": a.duration,
+            "warmup": a.warmup,
+            "rows": a.rows,
+            "distinct_requests": a.requests,
+            "procs": max(1, min(a.procs, a.concurrency)),
+            "channels": a.channels,
+            "timeout": a.timeout,
+            "event_loop": "asyncio" if a.no_uvloop else "uvloop",
+            "request_bytes": len(payloads[0]),
+            "schedule": [{"from_s": s0, "to_s": s1, "rate": r} for s0, s1, r in schedule],
+        },
+        "model": {k: v for k, v in md.items() if k != "datatypes"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "affinity": sorted(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "code_revision": code_revision(),
+        },
+        "generator_cpu": generator_cpu(samples),
+    }
+    ends = lats = None
+    if a.rates is not None:
+        doc["points"] = [{"offered_rps": r["offered_rps"], "result": r} for _, _, _, r in parts]
+    else:
+        # The whole measured window, plus the two phases of a step.
+        res = summarize_open(samples, start + a.warmup, start + span, a.rows, a.rate)
+        ends, lats = res.pop("_ends"), res.pop("_lats")
+        if a.step:
+            res["offered_rps"] = a.rate * 1.5  # mean over the window
+            doc["phases"] = [
+                {
+                    "label": label,
+                    "offered_rps": r["offered_rps"],
+                    "from_s": w[1] - a.warmup,
+                    "result": r,
+                }
+                for (label, _, _, r), w in zip(parts, windows, strict=True)
+            ]
+        doc["result"] = res
+    print_open_table(doc)
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {out}")
+    if a.png:
+        if a.rates is not None:
+            plot_sweep(doc, Path(a.png))
+        else:
+            plot(doc, ends, lats, Path(a.png))
+        print(f"wrote {a.png}")
+    return 0 if all(r["requests"] > 0 for _, _, _, r in parts) else 1
 
 
 if __name__ == "__main__":

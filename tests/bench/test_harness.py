@@ -1,4 +1,5 @@
-"""bench/load.py against a real server: a tiny model, ~2 s of load, sane JSON and a PNG.
+"""bench/load.py against a real server: a tiny model, ~2 s of closed-loop load and a short
+open-loop sweep (2 rates x 1.5 s), sane JSON and PNGs.
 
 Self-contained: trains its own model into tmp_path and starts its own server.
 """
@@ -129,6 +130,36 @@ def test_load_generator_against_a_real_server(tmp_path: Path) -> None:
         )
         assert run.returncode == 0, run.stdout + run.stderr
         assert proc.poll() is None, "the server died under load"
+
+        open_out, open_png = tmp_path / "open.json", tmp_path / "open.png"
+        open_run = subprocess.run(
+            [
+                sys.executable,
+                str(LOAD),
+                "--target",
+                f"127.0.0.1:{port}",
+                "--model",
+                "fraud",
+                "--rates",
+                "50,100",
+                "--duration",
+                "1.5",
+                "--warmup",
+                "0.3",
+                "--requests",
+                "16",
+                "--out",
+                str(open_out),
+                "--png",
+                str(open_png),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=ROOT,
+        )
+        assert open_run.returncode == 0, open_run.stdout + open_run.stderr
+        assert proc.poll() is None, "the server died under open-loop load"
     finally:
         _stop(proc)
 
@@ -146,3 +177,23 @@ def test_load_generator_against_a_real_server(tmp_path: Path) -> None:
 
     assert png.stat().st_size > 1000
     assert png.read_bytes()[:8] == PNG_MAGIC
+
+    odoc = json.loads(open_out.read_text())
+    assert odoc["mode"] == "open" and odoc["scenario"] == "sweep"
+    assert odoc["offered_rps"] == [50, 100]
+    assert odoc["config"]["concurrency"] == 1000  # the default cap in flight
+    points = odoc["points"]
+    assert [p["offered_rps"] for p in points] == [50, 100]
+    for p in points:
+        r, lat = p["result"], p["result"]["latency_ms"]
+        assert r["offered_rps"] == p["offered_rps"]
+        assert r["scheduled"] == pytest.approx(1.5 * p["offered_rps"], abs=1)
+        assert r["achieved_rps"] == pytest.approx(p["offered_rps"], rel=0.3)
+        assert r["errors"] == 0 and r["errors_by_code"] == {}
+        assert r["dropped_by_generator"] == 0 and r["unfinished"] == 0
+        assert r["requests"] == r["scheduled"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert r["send_lag_ms"]["p50"] >= 0  # never sent before its scheduled time
+    assert "offered" in open_run.stdout and "achieved" in open_run.stdout
+    assert open_png.stat().st_size > 1000
+    assert open_png.read_bytes()[:8] == PNG_MAGIC
