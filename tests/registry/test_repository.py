@@ -316,3 +316,18 @@ def test_onnx_version_needs_model_onnx(repo: ModelRepository) -> None:
     assert m.model_sha256 == _sha(b"onnx-bytes")
     (ref.path / "model.onnx").write_bytes(b"tampered")
     assert str(ref.path / "model.onnx") in _integrity(repo, ref)
+
+
+def test_read_verified_returns_exactly_the_hashed_bytes(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path)
+    files = {"model.txt": b"tree\n", "features.json": b"{}", "extra.bin": bytes(range(256))}
+    ref = repo.write_version("m", files, {"model_format": "lightgbm"})
+    manifest, contents = repo.read_verified(ref)
+    assert contents == files
+    assert manifest.files["extra.bin"] == hashlib.sha256(files["extra.bin"]).hexdigest()
+    (ref.path / "extra.bin").write_bytes(b"swapped")
+    with pytest.raises(IntegrityError, match=r"extra\.bin: sha256"):
+        repo.read_verified(ref)
+    (ref.path / "extra.bin").unlink()
+    with pytest.raises(IntegrityError, match="listed in the manifest but missing"):
+        repo.read_verified(ref)

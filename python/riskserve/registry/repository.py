@@ -115,8 +115,7 @@ class ModelRepository:
             raise NotFound(f"model {name!r} has no version {version} in {self.root}")
         return VersionRef(name, version, path)
 
-    def verify(self, ref: VersionRef) -> Manifest:
-        """Checks manifest.json and the sha256 of every file it lists."""
+    def _manifest(self, ref: VersionRef) -> Manifest:
         mpath = ref.path / MANIFEST
         try:
             data = json.loads(mpath.read_text())
@@ -136,18 +135,37 @@ class ModelRepository:
         }
         for need in sorted(required - manifest.files.keys()):
             raise IntegrityError(f"{mpath}: does not list required file {need}")
-        for fname, expected in sorted(manifest.files.items()):
-            fpath = ref.path / fname
+        for fname in manifest.files:
             if "/" in fname or fname.startswith("."):
                 raise IntegrityError(f"{mpath}: bad file name {fname!r}")
+        return manifest
+
+    def verify(self, ref: VersionRef) -> Manifest:
+        """Checks manifest.json and the sha256 of every file it lists (streamed)."""
+        manifest = self._manifest(ref)
+        for fname, expected in sorted(manifest.files.items()):
+            fpath = ref.path / fname
             if not fpath.is_file():
                 raise IntegrityError(f"{fpath}: listed in the manifest but missing")
-            actual = sha256_file(fpath)
-            if actual != expected:
-                raise IntegrityError(
-                    f"{fpath}: sha256 {actual} does not match the manifest's {expected}"
-                )
+            _check_hash(fpath, sha256_file(fpath), expected)
         return manifest
+
+    def read_verified(self, ref: VersionRef) -> tuple[Manifest, dict[str, bytes]]:
+        """The manifest and the contents of every file it lists, each read once and
+        hashed in memory: what is loaded is exactly what was verified."""
+        manifest = self._manifest(ref)
+        contents: dict[str, bytes] = {}
+        for fname, expected in sorted(manifest.files.items()):
+            fpath = ref.path / fname
+            try:
+                body = fpath.read_bytes()
+            except FileNotFoundError:
+                raise IntegrityError(f"{fpath}: listed in the manifest but missing") from None
+            except OSError as e:
+                raise IntegrityError(f"{fpath}: unreadable: {e}") from None
+            _check_hash(fpath, hashlib.sha256(body).hexdigest(), expected)
+            contents[fname] = body
+        return manifest, contents
 
     def next_version(self, name: str) -> int:
         versions = self.versions(name)
@@ -191,6 +209,11 @@ class ModelRepository:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def _check_hash(path: Path, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise IntegrityError(f"{path}: sha256 {actual} does not match the manifest's {expected}")
 
 
 def _write_synced(path: Path, content: bytes) -> None:

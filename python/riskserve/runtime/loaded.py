@@ -83,9 +83,12 @@ def load_version(
 ) -> LoadedModel:
     """Verifies, compiles, loads and warms up one version; raises IntegrityError
     naming the file on any failure. drift_slots=0 turns drift counting off."""
-    manifest = repo.verify(ref)
+    manifest, contents = repo.read_verified(ref)
     spec_path = ref.path / "features.json"
-    spec_json = spec_path.read_text()
+    try:
+        spec_json = contents["features.json"].decode()
+    except UnicodeDecodeError:
+        raise IntegrityError(f"{spec_path}: not UTF-8") from None
     try:
         pipeline = FeaturePipeline(spec_json)
         has_reference = json.loads(spec_json).get("reference") is not None
@@ -100,9 +103,9 @@ def load_version(
     try:
         runtime: ModelRuntime
         if manifest.model_format == "onnx":
-            runtime = OnnxRuntime(ref.path / "model.onnx", n, onnx_threads)
+            runtime = OnnxRuntime(contents["model.onnx"], n, onnx_threads)
         else:
-            runtime = LightGBMRuntime(ref.path / "model.txt", n)
+            runtime = LightGBMRuntime(contents["model.txt"], n)
     except Exception as e:  # the libraries raise their own types
         raise IntegrityError(f"{ref.path}: model does not load: {e}") from None
     inputs = tuple(InputInfo(name, dtype, V2_DATATYPE[dtype]) for name, dtype in pipeline.inputs)

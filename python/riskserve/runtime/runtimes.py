@@ -30,11 +30,16 @@ class LightGBMRuntime:
 
     platform = "lightgbm"
 
-    def __init__(self, model_file: Path, n_features: int) -> None:
+    def __init__(self, model_file: Path | bytes, n_features: int) -> None:
+        """`model_file`: a path, or the verified bytes of model.txt."""
         import lightgbm
         import lightgbm.basic as lgb_basic
 
-        self._booster = lightgbm.Booster(model_file=str(model_file))
+        if isinstance(model_file, bytes):
+            self._booster = lightgbm.Booster(model_str=model_file.decode())
+            model_file = Path("model.txt")
+        else:
+            self._booster = lightgbm.Booster(model_file=str(model_file))
         if self._booster.num_feature() != n_features:
             raise ValueError(
                 f"{model_file}: model expects {self._booster.num_feature()} features, "
@@ -81,16 +86,21 @@ class OnnxRuntime:
 
     platform = "onnxruntime_onnx"
 
-    def __init__(self, model_file: Path, n_features: int, intra_op_threads: int = 1) -> None:
+    def __init__(
+        self, model_file: Path | bytes, n_features: int, intra_op_threads: int = 1
+    ) -> None:
+        """`model_file`: a path, or the verified bytes of model.onnx."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        source = model_file if isinstance(model_file, bytes) else str(model_file)
         self._session = ort.InferenceSession(
-            str(model_file), sess_options=opts, providers=["CPUExecutionProvider"]
+            source, sess_options=opts, providers=["CPUExecutionProvider"]
         )
+        model_file = model_file if isinstance(model_file, Path) else Path("model.onnx")
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             raise ValueError(f"{model_file}: expected one input, found {len(inputs)}")
