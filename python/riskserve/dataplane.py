@@ -164,7 +164,9 @@ class DataPlane:
         model = routed.model
         self._metrics.observe_ok(model.name, result.model_version, routed.variant, seconds, rows)
         if self.guard is not None and routed.split:
-            self.guard.record(model.name, model.version, routed.revision, seconds, True, result)
+            self.guard.record(
+                model.name, model.version, routed.traffic_since, seconds, True, result
+            )
         if routed.shadow is not None:
             self._start_shadow(routed.shadow, columns, result)
         return result
@@ -191,7 +193,7 @@ class DataPlane:
         m = routed.model
         self._metrics.observe_error(m.name, str(m.version), routed.variant, code)
         if self.guard is not None and routed.split and code in SERVER_FAULTS:
-            self.guard.record(m.name, m.version, routed.revision, 0.0, False, None)
+            self.guard.record(m.name, m.version, routed.traffic_since, 0.0, False, None)
 
     async def _infer(
         self, routed: Routed, req: InferRequest

@@ -160,3 +160,29 @@ def test_two_failing_canaries_roll_back_once(models: Path) -> None:
             await mgr.rollback("fraud", "canary-guard", "late", expected_revision=split.revision)
 
     asyncio.run(run())
+
+
+def test_canary_stats_survive_changes_that_keep_the_split(models: Path) -> None:
+    mgr, _ = manager(models, canary_min_requests=10, canary_max_error_ratio=0.05)
+    mgr.restore()  # v1, v2, v3 loaded; v3 live
+
+    async def run() -> None:
+        split = await mgr.set_traffic("fraud", [(3, 90), (2, 10)], "", "t", "canary v2")
+        since = mgr.traffic_since("fraud")
+        assert since == split.revision
+        guard = CanaryGuard(mgr.settings, mgr, Metrics(CollectorRegistry()))
+        guard.stats[("fraud", since)] = {
+            3: VariantStats(requests=100),
+            2: VariantStats(requests=100, errors=40),
+        }
+        unloaded = await mgr.unload("fraud", 1, "t", "tidy up")  # not part of the split
+        assert unloaded.revision == split.revision + 1
+        assert mgr.traffic_since("fraud") == since  # same canary period
+        (breach,) = guard.breaches()
+        assert breach.version == 2 and breach.kind == "error_ratio"
+        assert breach.revision == unloaded.revision  # checked against the current revision
+        await mgr.set_traffic("fraud", [(3, 80), (2, 20)], "", "t", "more canary")
+        assert mgr.traffic_since("fraud") == unloaded.revision + 1  # a new split: new period
+        assert guard.breaches() == []
+
+    asyncio.run(run())

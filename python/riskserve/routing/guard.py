@@ -80,7 +80,8 @@ class CanaryGuard:
         self.s = settings
         self.manager = manager
         self.metrics = metrics
-        #: (model, revision) → version → stats; a new revision starts afresh.
+        #: (model, revision the split began) → version → stats; a new split starts
+        #: afresh, while loads or shadow changes that keep the split do not.
         self.stats: dict[tuple[str, int], dict[int, VariantStats]] = {}
 
     def record(
@@ -114,7 +115,7 @@ class CanaryGuard:
             # The control has the largest weight; on a tie the older (lower) version,
             # so that a new version at an even split is watched, not trusted.
             control = max(live, key=lambda vw: (vw[1], -vw[0]))[0]
-            per = self.stats.get((name, cur.revision), {})
+            per = self.stats.get((name, self.manager.traffic_since(name)), {})
             ctl = per.get(control)
             for v, _w in live:
                 if v == control:
@@ -186,8 +187,8 @@ class CanaryGuard:
                 },
             )
             acted.append(b)
-        # Forget stats of revisions that are no longer current.
-        current = {(n, self.manager.state(n).current.revision) for n in self.manager.names()}
+        # Forget stats of splits that are no longer current.
+        current = {(n, self.manager.traffic_since(n)) for n in self.manager.names()}
         for key in list(self.stats):
             if key not in current:
                 del self.stats[key]

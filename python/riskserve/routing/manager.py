@@ -287,6 +287,18 @@ class DeploymentManager:
     def names(self) -> list[str]:
         return sorted(self._states)
 
+    def traffic_since(self, name: str) -> int:
+        """The revision at which the current traffic split began: later revisions
+        that only load, unload or re-save do not start a new canary period."""
+        h = self.state(name).history
+        cur = h[-1].traffic()
+        since = h[-1].revision
+        for r in reversed(h[:-1]):
+            if r.traffic() != cur:
+                break
+            since = r.revision
+        return since
+
     def history(self, name: str, limit: int = 0) -> list[Revision]:
         h = self.state(name).history
         return list(reversed(h[-limit:] if limit > 0 else h))
@@ -699,6 +711,7 @@ class DeploymentManager:
                 variants=tuple(weights),
                 salt=cur.salt,
                 revision=cur.revision,
+                traffic_since=self.traffic_since(name),
                 shadow_version=cur.shadow_version,
                 shadow_percent=cur.shadow_percent,
             )

@@ -47,6 +47,8 @@ class Routed:
     shadow: LoadedModel | None = None
     #: More than one variant takes traffic: the canary guard watches this request.
     split: bool = False
+    #: Revision at which the current split began (the canary guard's period).
+    traffic_since: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,8 @@ class Deployment:
     revision: int = 1
     shadow_version: int | None = None
     shadow_percent: float = 0.0
+    #: Revision at which the current traffic split began (0: this revision).
+    traffic_since: int = 0
     _ranges: tuple[tuple[int, int], ...] = dataclasses.field(default=(), repr=False)
 
     def __post_init__(self) -> None:
@@ -126,7 +130,9 @@ class RoutingTable:
         shadow = None
         if dep.wants_shadow(key) and dep.shadow_version != v:
             shadow = dep.versions.get(dep.shadow_version or -1)
-        return Routed(dep.versions[v], f"v{v}", dep.revision, shadow, len(dep._ranges) > 1)
+        split = len(dep._ranges) > 1
+        since = dep.traffic_since or dep.revision
+        return Routed(dep.versions[v], f"v{v}", dep.revision, shadow, split, since)
 
 
 def _explicit(dep: Deployment, version: str) -> LoadedModel:
