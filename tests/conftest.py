@@ -73,6 +73,8 @@ class ServerHandle:
     reader: threading.Thread
     #: Set by a test that deliberately provokes an internal error.
     allow_internal_errors: bool = False
+    #: The Prometheus /metrics port the server logged.
+    metrics_port: int = 0
 
     @property
     def target(self) -> str:
@@ -133,8 +135,11 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def start_server_process(models_dir: Path, *extra_args: str) -> ServerHandle:
-    """Starts `python -m riskserve.cli serve` on port 0; returns once it logs "serving"."""
+def start_server_process(
+    models_dir: Path, *extra_args: str, env: Mapping[str, str] | None = None
+) -> ServerHandle:
+    """Starts `python -m riskserve.cli serve` on port 0; returns once it logs "serving".
+    The test's own RISKSERVE_* variables are dropped; `env` adds settings."""
     cmd = [
         sys.executable, "-m", "riskserve.cli", "serve",
         "--models", str(models_dir), "--host", "127.0.0.1", "--port", "0",
@@ -146,10 +151,11 @@ def start_server_process(models_dir: Path, *extra_args: str) -> ServerHandle:
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
-        env=_server_env(),
+        env={**_server_env(), **(env or {})},
     )
     lines: list[str] = []
     port: list[int] = []
+    metrics_port: list[int] = []
     ready = threading.Event()
 
     def read() -> None:
@@ -163,6 +169,7 @@ def start_server_process(models_dir: Path, *extra_args: str) -> ServerHandle:
                     continue
                 if isinstance(rec, dict) and rec.get("event") == "serving":
                     port.append(int(rec["port"]))
+                    metrics_port.append(int(rec.get("metrics_port") or 0))
                     ready.set()
         ready.set()  # EOF: the process ended
 
@@ -180,7 +187,9 @@ def start_server_process(models_dir: Path, *extra_args: str) -> ServerHandle:
             + "".join(lines)[-8000:]
         )
     _running.append(proc)
-    return ServerHandle(proc=proc, port=port[0], lines=lines, reader=reader)
+    return ServerHandle(
+        proc=proc, port=port[0], lines=lines, reader=reader, metrics_port=metrics_port[0]
+    )
 
 
 #: Every server started, so none outlives an interrupted test run.

@@ -55,7 +55,6 @@ ROUNDS = 20
 TRAFFIC_ROWS = 1_000
 TRAFFIC_SEED = 4711
 RPC_TIMEOUT = 20.0
-START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 BAD_LOG_MARKERS = ("Traceback", "internal error")
 
@@ -191,53 +190,16 @@ class Served:
         assert not bad, "server log has tracebacks / internal errors:\n" + "".join(bad)
 
 
-def launch(models: Path, token: str | None = TOKEN, **settings: Any) -> Served:
-    """`python -m riskserve.cli serve` on port 0 with RISKSERVE_* settings from
-    `settings`; returns once the server logs "serving"."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKSERVE_")}
-    env["PYTHONUNBUFFERED"] = "1"
+def launch(
+    start: Callable[..., Any], models: Path, token: str | None = TOKEN, **settings: Any
+) -> Served:
+    """conftest's server launcher with RISKSERVE_* settings from `settings` (and the
+    admin token); returns once the server logs "serving"."""
+    env = {f"RISKSERVE_{key.upper()}": str(value) for key, value in settings.items()}
     if token is not None:
         env["RISKSERVE_ADMIN_TOKEN"] = token
-    for key, value in settings.items():
-        env[f"RISKSERVE_{key.upper()}"] = str(value)
-    cmd = [
-        sys.executable, "-m", "riskserve.cli", "serve",
-        "--models", str(models), "--host", "127.0.0.1", "--port", "0",
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,  # the JSON log is on stderr; one stream keeps order
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    lines: list[str] = []
-    ports: list[tuple[int, int]] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if not ready.is_set():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict) and rec.get("event") == "serving":
-                    ports.append((int(rec["port"]), int(rec["metrics_port"])))
-                    ready.set()
-        ready.set()
-
-    reader = threading.Thread(target=read, daemon=True, name=f"serve-log-{proc.pid}")
-    reader.start()
-    if not ready.wait(START_TIMEOUT) or not ports:
-        proc.kill()
-        proc.wait(5)
-        pytest.fail(f"riskserve serve did not start: {cmd}\n" + "".join(lines)[-6000:])
-    port, metrics_port = ports[0]
-    return Served(proc, models, port, metrics_port, lines, reader)
+    h = start(models, env=env)
+    return Served(h.proc, models, h.port, h.metrics_port, h.lines, h.reader)
 
 
 #: The canary guard records every request but never acts unless a test lowers this:
@@ -248,12 +210,12 @@ GUARD_IDLE = {"canary_min_requests": 10**9}
 
 
 @pytest.fixture
-def servers() -> Iterator[Callable[..., Served]]:
+def servers(launch_server: Callable[..., Any]) -> Iterator[Callable[..., Served]]:
     """launch(), with every server stopped and checked (exit 0, no traceback) after the test."""
     started: list[Served] = []
 
     def start(models: Path, token: str | None = TOKEN, **settings: Any) -> Served:
-        s = launch(models, token, **{**GUARD_IDLE, **settings})
+        s = launch(launch_server, models, token, **{**GUARD_IDLE, **settings})
         started.append(s)
         return s
 

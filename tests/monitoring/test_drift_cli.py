@@ -20,17 +20,6 @@ from riskserve.training.datagen import generate
 from riskserve.training.train import columns_of
 
 
-def _metrics_port(lines: list[str]) -> int:
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("event") == "serving":
-            return int(rec["metrics_port"])
-    raise AssertionError("no 'serving' line with metrics_port")
-
-
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "riskserve.cli", *args],
@@ -46,7 +35,7 @@ def test_drift_table_and_report(
     models = tmp_path / "models"
     shutil.copytree(models_dir, models, ignore=shutil.ignore_patterns("deployment.json"))
     h = start_server(models)
-    url = f"http://127.0.0.1:{_metrics_port(h.lines)}/metrics"
+    url = f"http://127.0.0.1:{h.metrics_port}/metrics"
 
     # Not enough rows yet: every field says so, nothing alerts.
     before = _cli("drift", "--metrics", url)
