@@ -16,6 +16,7 @@ __all__ = [
     "fit_spec",
     "murmur3_32",
     "packed_count",
+    "parse_infer_request",
 ]
 
 __version__: str
@@ -73,3 +74,14 @@ def fit_reference(
 def fit_spec(template_json: str, columns: dict[str, Any]) -> str: ...
 def murmur3_32(data: str | bytes, seed: int = 0) -> int: ...
 def packed_count(data: bytes) -> int: ...
+def parse_infer_request(
+    data: bytes,
+) -> tuple[
+    str,
+    str,
+    str,
+    list[tuple[str, bool | int | float | str]],
+    list[tuple[str, str, list[int], bool]],
+    list[str],
+    list[tuple[int, int]],
+]: ...

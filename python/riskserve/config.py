@@ -23,6 +23,8 @@ class Settings:
     onnx_threads: int = 1
     #: Admission bound: requests in flight beyond this get RESOURCE_EXHAUSTED.
     max_inflight: int = 1024
+    #: Read ModelInfer request bytes in Rust (off: the generated protobuf code).
+    rust_request_parser: bool = True
     #: Dynamic batching: at most this many rows per model call; a batch is
     #: whatever queued while the previous one ran.
     max_batch_size: int = 64

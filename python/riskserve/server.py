@@ -30,7 +30,11 @@ from riskserve.transport.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from riskserve.transport.admin import AdminServicer
 from riskserve.transport.auth import AdminAuthInterceptor, load_token
 from riskserve.transport.errors import ErrorInterceptor
-from riskserve.transport.inference import SERVICE_NAME, InferenceServicer
+from riskserve.transport.inference import (
+    SERVICE_NAME,
+    InferenceServicer,
+    register_bytes_model_infer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +80,10 @@ class Server:
         self.grpc = grpc.aio.server(
             interceptors=[AdminAuthInterceptor(token), ErrorInterceptor()], options=opts
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane, riskserve.__version__, self.manager), self.grpc
-        )
+        inference = InferenceServicer(self.dataplane, riskserve.__version__, self.manager)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, self.grpc)
+        if settings.rust_request_parser:
+            register_bytes_model_infer(self.grpc, inference)
         admin_pb2_grpc.add_ModelAdminServicer_to_server(
             AdminServicer(self.manager, self.metrics), self.grpc
         )

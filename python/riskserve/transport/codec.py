@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from riskserve._native import InputError, parse_infer_request
 from riskserve.dataplane import InferInput, InferRequest, InferResult, TensorData
 from riskserve.errors import InvalidInput
 from riskserve.pb.inference import grpc_service_pb2 as pb
@@ -75,7 +76,8 @@ def decode_request(req: pb.ModelInferRequest, time_remaining: float | None = Non
         count = shape[0] if len(shape) == 1 else math.prod(shape)
         data: TensorData
         if raw:
-            data = _decode_raw(name, datatype, shape, count, raw[i])
+            buf = raw[i]
+            data = _decode_raw(name, datatype, shape, count, buf, 0, len(buf))
         else:
             data = _decode_contents(name, datatype, t.contents)
         inputs.append(InferInput(name, datatype, shape, data))
@@ -92,22 +94,62 @@ def decode_request(req: pb.ModelInferRequest, time_remaining: float | None = Non
 
 
 def _decode_raw(
-    name: str, datatype: str, shape: tuple[int, ...], count: int, buf: bytes
+    name: str, datatype: str, shape: tuple[int, ...], count: int, buf: bytes, start: int, end: int
 ) -> TensorData:
+    """The raw content of one input: `buf[start:end]`, viewed without a copy."""
     if datatype == "BYTES":
-        return buf  # packed; validated and counted in Rust
+        return buf if start == 0 and end == len(buf) else buf[start:end]  # packed; Rust checks
     dtype = NUMPY_DTYPE.get(datatype)
     if dtype is None:
         raise InvalidInput(f"input {name!r} has unknown datatype {datatype!r}")
-    if len(buf) != count * dtype.itemsize:
+    size = end - start
+    if size != count * dtype.itemsize:
         raise InvalidInput(
-            f"input {name!r}: raw content is {len(buf)} bytes, but shape {list(shape)} of "
+            f"input {name!r}: raw content is {size} bytes, but shape {list(shape)} of "
             f"{datatype} needs {count * dtype.itemsize}"
         )
-    if datatype == "BOOL" and buf.translate(None, b"\x00\x01"):
+    if datatype == "BOOL" and buf[start:end].translate(None, b"\x00\x01"):
         # Anything but 0/1 bytes is not a bool (bytes.translate: C speed, no numpy).
         raise InvalidInput(f"input {name!r}: BOOL raw content must hold only bytes 0 and 1")
-    return np.frombuffer(buf, dtype=dtype)
+    return np.frombuffer(buf, dtype=dtype, count=count, offset=start)
+
+
+def decode_request_bytes(data: bytes, time_remaining: float | None = None) -> InferRequest:
+    """A serialized ModelInferRequest read in Rust (twice as fast as the generated
+    code on 35-input requests, bench/decode.py); raw contents become numpy views
+    of `data`. Requests with typed `contents` go through the generated code."""
+    try:
+        model, version, rid, params, tensors, outputs, raw = parse_infer_request(data)
+    except InputError as e:
+        raise InvalidInput(str(e)) from None
+    if not raw or any(typed for *_, typed in tensors):
+        return decode_request(pb.ModelInferRequest.FromString(data), time_remaining)
+    if len(raw) != len(tensors):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs; "
+            "send raw contents for every input or for none"
+        )
+    inputs = []
+    for i, ((name, datatype, dims, _typed), (start, end)) in enumerate(
+        zip(tensors, raw, strict=True)
+    ):
+        if not name:
+            raise InvalidInput(f"input #{i} has no name")
+        shape = tuple(dims)
+        if shape and min(shape) < 0:
+            raise InvalidInput(f"input {name!r} has a negative dimension in shape {list(shape)}")
+        count = shape[0] if len(shape) == 1 else math.prod(shape)
+        data_i = _decode_raw(name, datatype, shape, count, data, start, end)
+        inputs.append(InferInput(name, datatype, shape, data_i))
+    return InferRequest(
+        model_name=model,
+        model_version=version,
+        id=rid,
+        inputs=inputs,
+        requested_outputs=outputs,
+        parameters=dict(params),
+        time_remaining=time_remaining,
+    )
 
 
 def _decode_contents(name: str, datatype: str, contents: pb.InferTensorContents) -> TensorData:

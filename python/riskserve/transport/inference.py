@@ -15,7 +15,7 @@ from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from riskserve.routing.manager import DeploymentManager
 from riskserve.transport.admin import actor_of
-from riskserve.transport.codec import decode_request, encode_response
+from riskserve.transport.codec import decode_request, decode_request_bytes, encode_response
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 
@@ -149,6 +149,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 log.exception("stream request failed with an internal error")
                 yield _stream_error(request, "INTERNAL: internal error; see the server log")
 
+    async def ModelInferBytes(
+        self, data: bytes, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        """ModelInfer from the request bytes (see register_bytes_model_infer)."""
+        req = decode_request_bytes(data, context.time_remaining())
+        result = await self._dp.infer(req)
+        return encode_response(result)
+
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
@@ -170,3 +178,15 @@ def _version_param(params: Any) -> int:
     if v <= 0:
         raise InvalidInput("parameter 'version' must be >= 1")
     return v
+
+
+def register_bytes_model_infer(server: grpc.aio.Server, servicer: InferenceServicer) -> None:
+    """Serves ModelInfer from the raw request bytes, parsed in Rust, instead of the
+    generated deserializer. Registered after the generated service: a registered
+    handler takes precedence; the other methods keep the generated ones."""
+    handler = grpc.unary_unary_rpc_method_handler(
+        servicer.ModelInferBytes,
+        request_deserializer=None,
+        response_serializer=pb.ModelInferResponse.SerializeToString,
+    )
+    server.add_registered_method_handlers(SERVICE_NAME, {"ModelInfer": handler})

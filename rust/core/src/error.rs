@@ -33,6 +33,9 @@ pub enum Error {
     /// A BYTES value is not UTF-8.
     #[error("input '{name}' row {row}: value is not valid UTF-8")]
     Utf8 { name: String, row: usize },
+    /// A protobuf message could not be read.
+    #[error("malformed request: {0}")]
+    Wire(String),
     /// A packed BYTES buffer is truncated or malformed.
     #[error("input '{name}': malformed BYTES buffer: {reason}")]
     Packed { name: String, reason: String },

@@ -17,6 +17,7 @@ pub mod hash;
 pub mod pipeline;
 pub mod spec;
 mod stats;
+pub mod wire;
 
 pub use column::{Column, StrColumn};
 pub use error::{Error, Result};
