@@ -12,7 +12,7 @@ import numpy as np
 
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
-from riskserve.transport.codec import NUMPY_DTYPE
+from riskserve.transport.codec import CONTENTS_FIELD, NUMPY_DTYPE
 
 
 def pack_bytes(values: Sequence[str | bytes | None]) -> bytes:
@@ -52,8 +52,6 @@ def build_request(
             if raw:
                 req.raw_input_contents.append(arr.tobytes())
             else:
-                from riskserve.transport.codec import CONTENTS_FIELD
-
                 getattr(t.contents, CONTENTS_FIELD[dt]).extend(arr.tolist())
     for k, v in (parameters or {}).items():
         req.parameters[k].string_param = v

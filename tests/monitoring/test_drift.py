@@ -141,7 +141,7 @@ def score_in_requests(model: LoadedModel, columns: Columns, batch: int = 100) ->
 
 
 def table_of(model: LoadedModel) -> RoutingTable:
-    """A routing table serving one loaded version, as load_repository builds it."""
+    """A routing table serving one loaded version, as a fresh start builds it."""
     dep = Deployment(model.name, MappingProxyType({model.version: model}), model.version)
     return RoutingTable(MappingProxyType({model.name: dep}))
 

@@ -1,5 +1,5 @@
 """Which loaded model version serves a request."""
 
-from riskserve.routing.table import Deployment, RoutingTable, load_repository
+from riskserve.routing.table import Deployment, RoutingTable
 
-__all__ = ["Deployment", "RoutingTable", "load_repository"]
+__all__ = ["Deployment", "RoutingTable"]

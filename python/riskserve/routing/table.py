@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import random
 from collections.abc import Mapping
-from types import MappingProxyType
 
 from riskserve._native import murmur3_32
 from riskserve.errors import IntegrityError, NotFound
@@ -144,25 +143,6 @@ def _explicit(dep: Deployment, version: str) -> LoadedModel:
     if model is None:
         raise NotFound(f"model {dep.name!r} version {version} is not loaded")
     return model
-
-
-def load_repository(
-    repo: ModelRepository,
-    onnx_threads: int = 1,
-    drift_slots: int = 60,
-    drift_slot_seconds: int = 60,
-) -> RoutingTable:
-    """Loads every version of every model; a version that fails verification is
-    refused with a log line naming the file, the rest is served. The newest
-    version that loads is live."""
-    deployments: dict[str, Deployment] = {}
-    for name in repo.models():
-        loaded = load_versions(repo, name, None, onnx_threads, drift_slots, drift_slot_seconds)
-        if loaded:
-            live = max(loaded)
-            deployments[name] = Deployment(name, MappingProxyType(loaded), live)
-            log.info("model live", extra={"model": name, "version": live})
-    return RoutingTable(MappingProxyType(deployments))
 
 
 def load_versions(

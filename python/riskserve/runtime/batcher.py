@@ -52,10 +52,10 @@ def unpack_bytes(buf: bytes) -> list[bytes]:
     return out
 
 
-def merge_columns(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def merge_columns(parts: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     """Concatenates the columns of several requests, input by input."""
     if len(parts) == 1:
-        return dict(parts[0])
+        return parts[0]
     merged: dict[str, Any] = {}
     for name in parts[0]:
         values = [p[name] for p in parts]

@@ -50,7 +50,8 @@ class LoadedModel:
     def score(self, columns: Mapping[str, Any]) -> Scores:
         """Raw columns → P(fraud) per row. Runs numeric work with the GIL released;
         call it from a worker thread, not the event loop."""
-        features = self.pipeline.transform(dict(columns), self.drift)
+        cols = columns if isinstance(columns, dict) else dict(columns)
+        features = self.pipeline.transform(cols, self.drift)
         scores = self.runtime.predict(features)
         if self.drift is not None:
             self.drift.observe_scores(scores)

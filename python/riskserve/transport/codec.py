@@ -57,23 +57,32 @@ def _param_value(p: pb.InferParameter) -> Any:
     return None if which is None else getattr(p, which)
 
 
+def _raw_count_error(raw: int, inputs: int) -> InvalidInput:
+    return InvalidInput(
+        f"raw_input_contents has {raw} entries for {inputs} inputs; "
+        "send raw contents for every input or for none"
+    )
+
+
+def _header(i: int, name: str, dims: Any) -> tuple[tuple[int, ...], int]:
+    """Checks one input's name and shape; returns the shape and element count."""
+    if not name:
+        raise InvalidInput(f"input #{i} has no name")
+    shape = tuple(dims)
+    if shape and min(shape) < 0:
+        raise InvalidInput(f"input {name!r} has a negative dimension in shape {list(shape)}")
+    return shape, shape[0] if len(shape) == 1 else math.prod(shape)
+
+
 def decode_request(req: pb.ModelInferRequest, time_remaining: float | None = None) -> InferRequest:
     raw = req.raw_input_contents
     if raw and len(raw) != len(req.inputs):
-        raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(req.inputs)} inputs; "
-            "send raw contents for every input or for none"
-        )
+        raise _raw_count_error(len(raw), len(req.inputs))
     inputs = []
     # The hot path: ~35 inputs per request, so per-input work is kept minimal.
     for i, t in enumerate(req.inputs):
         name, datatype = t.name, t.datatype
-        if not name:
-            raise InvalidInput(f"input #{i} has no name")
-        shape = tuple(t.shape)
-        if shape and min(shape) < 0:
-            raise InvalidInput(f"input {name!r} has a negative dimension in shape {list(shape)}")
-        count = shape[0] if len(shape) == 1 else math.prod(shape)
+        shape, count = _header(i, name, t.shape)
         data: TensorData
         if raw:
             buf = raw[i]
@@ -125,20 +134,12 @@ def decode_request_bytes(data: bytes, time_remaining: float | None = None) -> In
     if not raw or any(typed for *_, typed in tensors):
         return decode_request(pb.ModelInferRequest.FromString(data), time_remaining)
     if len(raw) != len(tensors):
-        raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs; "
-            "send raw contents for every input or for none"
-        )
+        raise _raw_count_error(len(raw), len(tensors))
     inputs = []
     for i, ((name, datatype, dims, _typed), (start, end)) in enumerate(
         zip(tensors, raw, strict=True)
     ):
-        if not name:
-            raise InvalidInput(f"input #{i} has no name")
-        shape = tuple(dims)
-        if shape and min(shape) < 0:
-            raise InvalidInput(f"input {name!r} has a negative dimension in shape {list(shape)}")
-        count = shape[0] if len(shape) == 1 else math.prod(shape)
+        shape, count = _header(i, name, dims)
         data_i = _decode_raw(name, datatype, shape, count, data, start, end)
         inputs.append(InferInput(name, datatype, shape, data_i))
     return InferRequest(

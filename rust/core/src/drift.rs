@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::column::{bind_columns, Column};
 use crate::error::{Error, Result};
-use crate::spec::{DType, FeatureSpec};
+use crate::spec::{DType, FeatureSpec, InputSpec};
 use crate::stats;
 
 /// Name of the model score among the drift fields.
@@ -120,15 +120,6 @@ pub const BIN_RULE: &str =
 ends, then 'missing' (NaN, +-inf); categorical: one bin per value, then '__unseen__', then \
 '__missing__' (null or empty)";
 
-fn numeric_edges(values: &[f64], quantiles: usize) -> Vec<f64> {
-    let s = stats::sorted(values);
-    let mut e: Vec<f64> = (1..quantiles)
-        .filter_map(|i| stats::quantile_sorted(&s, i as f64 / quantiles as f64))
-        .collect();
-    e.dedup();
-    e
-}
-
 enum Binner {
     Numeric(Vec<f64>),
     Categorical(HashMap<Vec<u8>, usize>, usize),
@@ -188,29 +179,21 @@ pub fn fit_reference(
     let mut fields = Vec::with_capacity(spec.inputs.len());
     for (inp, col) in spec.inputs.iter().zip(&cols) {
         let bins = if inp.dtype == DType::String {
-            let mut counts: HashMap<&[u8], u64> = HashMap::new();
-            if let Column::Str(s) = col {
-                for r in 0..rows {
-                    if let Some(b) = s.get(r) {
-                        if std::str::from_utf8(b).is_ok() {
-                            *counts.entry(b).or_insert(0) += 1;
-                        }
-                    }
-                }
-            }
-            let mut pairs: Vec<(&[u8], u64)> = counts.into_iter().collect();
-            pairs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-            pairs.truncate(max_categories);
+            let counts = match col {
+                Column::Str(s) => stats::value_counts(s),
+                _ => Vec::new(),
+            };
             Bins::Categorical {
-                values: pairs
+                values: counts
                     .into_iter()
-                    .map(|(b, _)| String::from_utf8_lossy(b).into_owned())
+                    .filter_map(|(b, _)| std::str::from_utf8(b).ok().map(str::to_owned))
+                    .take(max_categories)
                     .collect(),
             }
         } else {
             let present: Vec<f64> = (0..rows).filter_map(|r| col.number(r)).collect();
             Bins::Numeric {
-                edges: numeric_edges(&present, quantiles),
+                edges: stats::quantile_edges(&present, quantiles),
             }
         };
         let binner = Binner::new(&bins);
@@ -226,7 +209,7 @@ pub fn fit_reference(
     }
     let present: Vec<f64> = scores.iter().copied().filter(|s| s.is_finite()).collect();
     let bins = Bins::Numeric {
-        edges: numeric_edges(&present, quantiles),
+        edges: stats::quantile_edges(&present, quantiles),
     };
     let binner = Binner::new(&bins);
     let mut counts = vec![0u64; bins.len()];
@@ -318,7 +301,8 @@ pub struct DriftMonitor {
     /// Offset of each field's bins in the flat counter arrays; the score is last.
     offsets: Vec<usize>,
     total_bins: usize,
-    input_names: Vec<String>,
+    inputs: Vec<InputSpec>,
+    input_index: HashMap<String, usize>,
     cumulative: Vec<AtomicU64>,
     ring: RwLock<Ring>,
     config: DriftConfig,
@@ -334,6 +318,7 @@ fn now_seconds() -> u64 {
 impl DriftMonitor {
     /// Builds a monitor for a spec whose `reference` is fitted.
     pub fn new(spec: &FeatureSpec, config: DriftConfig) -> Result<Self> {
+        spec.check_structure()?;
         let value = spec
             .reference
             .clone()
@@ -390,7 +375,13 @@ impl DriftMonitor {
             counts: zeros(config.slots * total),
         };
         Ok(Self {
-            input_names: spec.inputs.iter().map(|i| i.name.clone()).collect(),
+            inputs: spec.inputs.clone(),
+            input_index: spec
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(i, inp)| (inp.name.clone(), i))
+                .collect(),
             reference,
             binners,
             offsets,
@@ -405,8 +396,16 @@ impl DriftMonitor {
         &self.reference
     }
 
-    pub fn input_names(&self) -> &[String] {
-        &self.input_names
+    /// The raw inputs, in the order `observe` expects its columns.
+    pub fn inputs(&self) -> &[InputSpec] {
+        &self.inputs
+    }
+
+    /// Matches named columns to the inputs, as [`crate::FeaturePipeline::bind`] does.
+    pub fn bind<'a>(&self, columns: &[(&str, Column<'a>)]) -> Result<(Vec<Column<'a>>, usize)> {
+        bind_columns(&self.inputs, columns, false, |n| {
+            self.input_index.get(n).copied()
+        })
     }
 
     /// Every field's reference, the score last.

@@ -1,8 +1,6 @@
 //! Fitting a spec template on training columns: fill values, step statistics,
 //! quantile edges and vocabularies. The fitted spec is what ships with a model.
 
-use std::collections::HashMap;
-
 use crate::column::{bind_columns, Column, StrColumn};
 use crate::error::{Error, Result};
 use crate::pipeline::FeaturePipeline;
@@ -99,24 +97,18 @@ pub fn fit(template: &FeatureSpec, columns: &[(&str, Column<'_>)]) -> Result<Fea
 
 /// Values seen at least `min_count` times, most frequent first, ties by value.
 fn frequent_values(s: &StrColumn<'_>, min_count: u64, name: &str) -> Result<Vec<String>> {
-    let mut counts: HashMap<&[u8], u64> = HashMap::new();
-    for r in 0..s.len() {
-        if let Some(b) = s.get(r) {
-            *counts.entry(b).or_insert(0) += 1;
-        }
-    }
-    let mut pairs: Vec<(String, u64)> = Vec::with_capacity(counts.len());
-    for (b, c) in counts {
-        if c >= min_count.max(1) {
-            let v = std::str::from_utf8(b).map_err(|_| Error::Utf8 {
-                name: name.to_owned(),
-                row: 0,
-            })?;
-            pairs.push((v.to_owned(), c));
-        }
-    }
-    pairs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    Ok(pairs.into_iter().map(|(v, _)| v).collect())
+    stats::value_counts(s)
+        .into_iter()
+        .filter(|&(_, c)| c >= min_count.max(1))
+        .map(|(b, _)| {
+            std::str::from_utf8(b)
+                .map(str::to_owned)
+                .map_err(|_| Error::Utf8 {
+                    name: name.to_owned(),
+                    row: 0,
+                })
+        })
+        .collect()
 }
 
 fn fit_numeric(
@@ -174,12 +166,7 @@ fn fit_numeric(
                     let q = quantiles.ok_or_else(|| {
                         Error::Spec(format!("{label}: bucketize needs edges or quantiles"))
                     })?;
-                    let s = stats::sorted(&x);
-                    let mut e: Vec<f64> = (1..q)
-                        .filter_map(|i| stats::quantile_sorted(&s, i as f64 / q as f64))
-                        .collect();
-                    e.dedup();
-                    *edges = Some(e);
+                    *edges = Some(stats::quantile_edges(&x, q));
                 }
             }
         }

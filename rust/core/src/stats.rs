@@ -17,6 +17,31 @@ pub(crate) fn quantile_sorted(sorted: &[f64], q: f64) -> Option<f64> {
     })
 }
 
+/// Edges at the quantiles i/q (i = 1..q-1) of `values`, de-duplicated: what
+/// bucketize steps and numeric drift bins are fitted with.
+pub(crate) fn quantile_edges(values: &[f64], q: usize) -> Vec<f64> {
+    let s = sorted(values);
+    let mut e: Vec<f64> = (1..q)
+        .filter_map(|i| quantile_sorted(&s, i as f64 / q as f64))
+        .collect();
+    e.dedup();
+    e
+}
+
+/// Distinct present values of a string column with their counts, most frequent
+/// first, ties by byte order.
+pub(crate) fn value_counts<'a>(s: &crate::column::StrColumn<'a>) -> Vec<(&'a [u8], u64)> {
+    let mut counts: std::collections::HashMap<&'a [u8], u64> = std::collections::HashMap::new();
+    for r in 0..s.len() {
+        if let Some(b) = s.get(r) {
+            *counts.entry(b).or_insert(0) += 1;
+        }
+    }
+    let mut pairs: Vec<(&[u8], u64)> = counts.into_iter().collect();
+    pairs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    pairs
+}
+
 pub(crate) fn sorted(values: &[f64]) -> Vec<f64> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);

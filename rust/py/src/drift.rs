@@ -29,7 +29,6 @@ fn window(name: &str) -> PyResult<Window> {
 #[pyclass(module = "riskserve._native", frozen)]
 pub struct DriftMonitor {
     pub(crate) inner: drift::DriftMonitor,
-    pipeline: CorePipeline,
 }
 
 #[pymethods]
@@ -46,8 +45,7 @@ impl DriftMonitor {
             },
         )
         .map_err(NativeError)?;
-        let pipeline = CorePipeline::compile(spec).map_err(NativeError)?;
-        Ok(Self { inner, pipeline })
+        Ok(Self { inner })
     }
 
     /// (name, bin labels, reference shares) per field, the score (`__score__`) last.
@@ -83,9 +81,9 @@ impl DriftMonitor {
             Some(s) => s.as_slice()?,
             None => &[],
         };
-        let (inner, pipeline) = (&self.inner, &self.pipeline);
+        let inner = &self.inner;
         without_gil(py, || {
-            let (cols, rows) = pipeline.bind(&views)?;
+            let (cols, rows) = inner.bind(&views)?;
             inner.observe(&cols, rows, scores, now);
             Ok::<_, riskserve_core::Error>(())
         })
@@ -150,12 +148,7 @@ impl DriftMonitor {
 
 impl DriftMonitor {
     pub(crate) fn same_inputs(&self, pipeline: &CorePipeline) -> bool {
-        let names = self.inner.input_names();
-        names.len() == pipeline.inputs().len()
-            && names
-                .iter()
-                .zip(pipeline.inputs())
-                .all(|(a, b)| *a == b.name)
+        self.inner.inputs() == pipeline.inputs()
     }
 }
 
