@@ -318,7 +318,6 @@ fn now_seconds() -> u64 {
 impl DriftMonitor {
     /// Builds a monitor for a spec whose `reference` is fitted.
     pub fn new(spec: &FeatureSpec, config: DriftConfig) -> Result<Self> {
-        spec.check_structure()?;
         let value = spec
             .reference
             .clone()
