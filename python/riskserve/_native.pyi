@@ -63,6 +63,7 @@ class DriftMonitor:
     def psi(
         self, window: str = "cumulative", now: int | None = None
     ) -> list[tuple[str, int, float | None]]: ...
+    def psi_of(self, counts: npt.NDArray[np.uint64]) -> list[tuple[str, int, float | None]]: ...
 
 def fit_reference(
     spec_json: str,

@@ -60,9 +60,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from riskserve import logs
     from riskserve.config import Settings
-    from riskserve.server import run
 
     overrides = {
+        "workers": a.workers,
         "models_dir": Path(a.models) if a.models else None,
         "host": a.host,
         "port": a.port,
@@ -74,6 +74,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
     }
     settings = Settings.load(overrides)
     logs.configure(settings.log_level)
+    if settings.workers > 1:
+        from riskserve.supervisor import run as run_workers
+
+        return run_workers(settings)
+    from riskserve.server import run
+
     run(settings)
     return 0
 
@@ -245,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", help="models folder (env RISKSERVE_MODELS_DIR)")
     s.add_argument("--host")
     s.add_argument("--port", type=int, help="default 8001; 0 picks a free port")
+    s.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
     s.add_argument("--compute-threads", type=int)
     s.add_argument("--onnx-threads", type=int)
     s.add_argument("--log-level")

@@ -17,6 +17,11 @@ class Settings:
     models_dir: Path = Path("models")
     host: str = "0.0.0.0"
     port: int = 8001
+    #: Server processes sharing the port (SO_REUSEPORT); 1 = a single process.
+    workers: int = 1
+    #: How often each process looks for deployment changes made by another
+    #: process (a sibling worker, or a replica sharing the models folder); 0 = never.
+    state_poll_seconds: float = 0.2
     #: Threads that run transforms and models (the GIL is released there).
     compute_threads: int = 2
     #: ONNX Runtime intra-op threads per session.
@@ -90,6 +95,7 @@ class Settings:
 
     def validate(self) -> None:
         for name in (
+            "workers",
             "compute_threads",
             "onnx_threads",
             "max_inflight",
@@ -104,6 +110,8 @@ class Settings:
             raise ValueError("setting port must be in 0..65535")
         if not -1 <= self.metrics_port <= 65535:
             raise ValueError("setting metrics_port must be in -1..65535 (-1 disables)")
+        if self.state_poll_seconds < 0:
+            raise ValueError("setting state_poll_seconds must be >= 0 (0 disables)")
         if self.drift_threshold <= 0:
             raise ValueError("setting drift_threshold must be > 0")
 

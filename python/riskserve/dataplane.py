@@ -101,7 +101,6 @@ class DataPlane:
         self._settings = settings
         self._table = table
         self._metrics = metrics
-        metrics.set_models(table)
         self._pool = ThreadPoolExecutor(
             max_workers=settings.compute_threads, thread_name_prefix="riskserve-compute"
         )
@@ -122,7 +121,6 @@ class DataPlane:
     def swap_table(self, table: RoutingTable) -> None:
         """Replaces the routing table atomically; requests in flight keep theirs."""
         self._table = table
-        self._metrics.set_models(table)
 
     def close(self) -> None:
         self.ready = False

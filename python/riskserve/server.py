@@ -8,7 +8,7 @@ import os
 import signal
 import time
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry, disable_created_metrics, start_
 import riskserve
 from riskserve.config import Settings
 from riskserve.dataplane import DataPlane
-from riskserve.monitoring import DriftAlerts, DriftCollector, Metrics
+from riskserve.monitoring import DriftAlerts, Metrics, ServingCollector, table_view
+from riskserve.monitoring.fleet import SNAPSHOT_SECONDS, SnapshotWriter
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc
@@ -36,14 +37,19 @@ from riskserve.transport.inference import (
     register_bytes_model_infer,
 )
 
+if TYPE_CHECKING:
+    from riskserve.supervisor import WorkerContext
+
 log = logging.getLogger(__name__)
 
 
 class Server:
     """A running riskserve: the gRPC server, its data plane and health service."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, worker: WorkerContext | None = None) -> None:
         self.settings = settings
+        #: Set when this is one of `--workers N` processes (forked by the supervisor).
+        self.worker = worker
         started = time.perf_counter()
         repo = ModelRepository(settings.models_dir)
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise
@@ -55,12 +61,16 @@ class Server:
         self.guard = CanaryGuard(settings, self.manager, self.metrics)
         if settings.canary_guard:
             self.dataplane.guard = self.guard
+        self.views = lambda: table_view(self.dataplane.table)
         self.registry.register(
-            DriftCollector(
-                lambda: self.dataplane.table, settings.drift_threshold, settings.drift_bins
-            )
+            ServingCollector(self.views, settings.drift_threshold, settings.drift_bins)
         )
-        self.alerts = DriftAlerts(lambda: self.dataplane.table, settings.drift_threshold)
+        self.alerts = DriftAlerts(self.views, settings.drift_threshold)
+        self.snapshots = (
+            None
+            if worker is None
+            else SnapshotWriter(worker.metrics_dir, worker.index, self.views, self.registry)
+        )
         self.metrics_port: int | None = None
         self._http: Any = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -74,7 +84,8 @@ class Server:
         opts = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Workers share the port (the supervisor checked it was free).
+            ("grpc.so_reuseport", 1 if worker else 0),
         ]
         token = load_token(settings.admin_token, settings.admin_token_file)
         self.grpc = grpc.aio.server(
@@ -102,26 +113,40 @@ class Server:
             raise OSError(f"cannot bind {settings.host}:{settings.port}")
 
     async def start(self) -> None:
-        if self.settings.metrics_port >= 0:
+        if self.worker is None and self.settings.metrics_port >= 0:
             self._http, _thread = start_http_server(
                 self.settings.metrics_port, self.settings.metrics_host, registry=self.registry
             )
             self.metrics_port = int(self._http.server_port)
-        self._tasks.append(asyncio.create_task(self._drift_loop()))
+        if self.snapshots is not None:
+            self.snapshots.write()
+            self._tasks.append(asyncio.create_task(self._snapshot_loop()))
+        else:  # with workers, the metrics process checks the merged counts
+            self._tasks.append(asyncio.create_task(self._drift_loop()))
         if self.settings.canary_guard:
             self._tasks.append(asyncio.create_task(self.guard.run()))
+        if self.settings.state_poll_seconds > 0:
+            self._tasks.append(asyncio.create_task(self.manager.watch()))
         await self.grpc.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "serving",
-            extra={
-                "host": self.settings.host,
-                "port": self.port,
-                "metrics_port": self.metrics_port,
-                "pid": os.getpid(),
-            },
-        )
+        where = {"host": self.settings.host, "port": self.port, "pid": os.getpid()}
+        if self.worker is None:
+            log.info("serving", extra={**where, "metrics_port": self.metrics_port})
+        else:
+            log.info("worker serving", extra={**where, "worker": self.worker.index})
+            os.write(self.worker.ready_fd, b"ready\n")
+            os.close(self.worker.ready_fd)
+
+    async def _snapshot_loop(self) -> None:
+        assert self.snapshots is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SNAPSHOT_SECONDS)
+            try:
+                await loop.run_in_executor(None, self.snapshots.write)
+            except Exception:
+                log.exception("worker snapshot not written")
 
     async def _drift_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -142,24 +167,26 @@ class Server:
         for t in self._tasks:
             t.cancel()
         self.dataplane.close()
+        if self.snapshots is not None:
+            self.snapshots.write()  # the last counts, after the drain
         if self._http is not None:
             self._http.shutdown()
         log.info("stopped")
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, worker: WorkerContext | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Handlers first: a SIGTERM right after "serving" must still drain.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = Server(settings)
+    server = Server(settings, worker)
     await server.start()
     await stop.wait()
     await server.stop()
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, worker: WorkerContext | None = None) -> None:
     import uvloop
 
-    uvloop.run(serve(settings))
+    uvloop.run(serve(settings, worker))

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from riskserve._native import DriftMonitor, fit_reference, fit_spec
-from riskserve.monitoring import DriftAlerts, DriftCollector
+from riskserve.monitoring import DriftAlerts, ServingCollector, table_view
 from riskserve.registry import ModelRepository, VersionRef
 from riskserve.routing.table import Deployment, RoutingTable
 from riskserve.runtime import LoadedModel, load_version
@@ -265,7 +265,7 @@ def test_known_drift_on_a_trained_model(
 
     # Alerts: one event for amount, not one per request, and none on a re-check.
     table = table_of(drifted)
-    alerts = DriftAlerts(lambda: table, threshold=ALERT)
+    alerts = DriftAlerts(lambda: table_view(table), threshold=ALERT)
     score_expect = after["__score__"] > ALERT
     with caplog.at_level(logging.INFO, logger="riskserve.monitoring.metrics"):
         raised = alerts.check()
@@ -426,7 +426,7 @@ def test_prometheus_collector_exports_every_bin(
     score_in_requests(model, take(traffic, slice(0, 2_000)), batch=500)
     table = table_of(model)
     registry = CollectorRegistry()
-    registry.register(DriftCollector(lambda: table))
+    registry.register(ServingCollector(lambda: table_view(table)))
     text = generate_latest(registry).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
 

@@ -1,5 +1,12 @@
 """Prometheus metrics, drift read-outs and drift alerts."""
 
-from riskserve.monitoring.metrics import DriftAlerts, DriftCollector, Metrics
+from riskserve.monitoring.metrics import (
+    DriftAlerts,
+    Metrics,
+    ModelView,
+    ServingCollector,
+    VersionView,
+    table_view,
+)
 
-__all__ = ["DriftAlerts", "DriftCollector", "Metrics"]
+__all__ = ["DriftAlerts", "Metrics", "ModelView", "ServingCollector", "VersionView", "table_view"]

@@ -5,11 +5,14 @@ exists (at 0) from the moment a version goes live."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -72,18 +75,6 @@ class Metrics:
             buckets=(0.0, *LATENCY_BUCKETS),
             registry=registry,
         )
-        self.model_info = Gauge(
-            "riskserve_model_info",
-            "1 for every loaded model version, with its model file's sha256.",
-            ["model", "version", "sha256"],
-            registry=registry,
-        )
-        self.revision = Gauge(
-            "riskserve_deployment_revision",
-            "Current deployment revision of each model.",
-            ["model"],
-            registry=registry,
-        )
         self.rollbacks = Counter(
             "riskserve_rollbacks",
             "Rollbacks by model and reason (manual, or the canary guard's breach).",
@@ -136,24 +127,64 @@ class Metrics:
         if diff is not None:
             self.shadow_diff.labels(model, version).observe(diff)
 
-    def set_models(self, table: RoutingTable) -> None:
-        self.model_info.clear()
-        for name, dep in table.deployments.items():
-            self.revision.labels(name).set(dep.revision)
-            for v, m in dep.versions.items():
-                self.model_info.labels(name, str(v), m.manifest.model_sha256).set(1)
+
+class DriftSource(Protocol):
+    """Per-bin drift counts of one version: its live DriftMonitor, or the counts
+    of several worker processes summed (riskserve.monitoring.fleet)."""
+
+    @property
+    def fields(self) -> list[tuple[str, list[str], list[float]]]: ...
+
+    def counts(self, window: str = ..., now: int | None = ...) -> npt.NDArray[np.uint64]: ...
+
+    def psi(
+        self, window: str = ..., now: int | None = ...
+    ) -> list[tuple[str, int, float | None]]: ...
 
 
-class DriftCollector(Collector):
-    """Reads every loaded version's DriftMonitor at scrape time."""
+@dataclasses.dataclass(frozen=True)
+class VersionView:
+    version: int
+    sha256: str
+    drift: DriftSource | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelView:
+    """What a scrape reports of one model: its revision and loaded versions."""
+
+    name: str
+    revision: int
+    versions: tuple[VersionView, ...]
+
+
+def table_view(table: RoutingTable) -> list[ModelView]:
+    """The views of this process's own routing table."""
+    return [
+        ModelView(
+            name,
+            dep.revision,
+            tuple(
+                VersionView(v, m.manifest.model_sha256, m.drift)
+                for v, m in sorted(dep.versions.items())
+            ),
+        )
+        for name, dep in table.deployments.items()
+    ]
+
+
+class ServingCollector(Collector):
+    """Reads the served models and their drift counters at scrape time: model
+    info, deployment revision, per-bin drift counts and PSI. Every bin series
+    exists (at 0) from the moment a version goes live."""
 
     def __init__(
         self,
-        table: Callable[[], RoutingTable],
+        views: Callable[[], list[ModelView]],
         threshold: float = 0.25,
         bins: bool = True,
     ) -> None:
-        self._table = table
+        self._views = views
         self.threshold = threshold
         self.bins = bins
 
@@ -161,6 +192,16 @@ class DriftCollector(Collector):
         return []  # collected dynamically; no fixed description
 
     def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "riskserve_model_info",
+            "1 for every loaded model version, with its model file's sha256.",
+            labels=["model", "version", "sha256"],
+        )
+        revision = GaugeMetricFamily(
+            "riskserve_deployment_revision",
+            "Current deployment revision of each model.",
+            labels=["model"],
+        )
         psi = GaugeMetricFamily(
             "riskserve_drift_psi",
             "Population stability index of a raw input (or __score__) against training.",
@@ -190,32 +231,35 @@ class DriftCollector(Collector):
             "Share of training rows per reference bin.",
             labels=["model", "version", "feature", "bin"],
         )
-        for name, dep in self._table().deployments.items():
-            for v, model in dep.versions.items():
-                mon = model.drift
+        for mv in self._views():
+            revision.add_metric([mv.name], float(mv.revision))
+            for vv in mv.versions:
+                version = str(vv.version)
+                info.add_metric([mv.name, version, vv.sha256], 1.0)
+                mon = vv.drift
                 if mon is None:
                     continue
-                version = str(v)
-                fields = mon.fields
                 for window in WINDOWS:
                     rows = mon.psi(window)
-                    obs.add_metric([name, version, window], float(rows[-1][1]))
+                    obs.add_metric([mv.name, version, window], float(rows[-1][1]))
                     for feature, _n, value in rows:
                         if value is not None:
-                            psi.add_metric([name, version, feature, window], value)
+                            psi.add_metric([mv.name, version, feature, window], value)
                         if window == "sliding":
                             high = value is not None and value > self.threshold
-                            alert.add_metric([name, version, feature], 1.0 if high else 0.0)
+                            alert.add_metric([mv.name, version, feature], 1.0 if high else 0.0)
                 if self.bins:
                     counts = mon.counts("cumulative")
                     off = 0
-                    for feature, labels, shares in fields:
+                    for feature, labels, shares in mon.fields:
                         for j, (label, share) in enumerate(zip(labels, shares, strict=True)):
                             bin_obs.add_metric(
-                                [name, version, feature, label], float(counts[off + j])
+                                [mv.name, version, feature, label], float(counts[off + j])
                             )
-                            ref.add_metric([name, version, feature, label], share)
+                            ref.add_metric([mv.name, version, feature, label], share)
                         off += len(labels)
+        yield info
+        yield revision
         yield psi
         yield obs
         yield alert
@@ -229,19 +273,21 @@ class DriftAlerts:
     """Logs one structured event when a feature's sliding PSI crosses the
     threshold, and one when it falls back, never one per request."""
 
-    def __init__(self, table: Callable[[], RoutingTable], threshold: float = 0.25) -> None:
-        self._table = table
+    def __init__(self, views: Callable[[], list[ModelView]], threshold: float = 0.25) -> None:
+        self._views = views
         self.threshold = threshold
         self.active: set[tuple[str, int, str]] = set()
 
     def check(self, now: int | None = None) -> list[tuple[str, int, str, float]]:
         raised = []
         seen: set[tuple[str, int, str]] = set()
-        for name, dep in self._table().deployments.items():
-            for v, model in dep.versions.items():
-                if model.drift is None:
+        for mv in self._views():
+            name = mv.name
+            for vv in mv.versions:
+                if vv.drift is None:
                     continue
-                for feature, n, value in model.drift.psi("sliding", now):
+                v = vv.version
+                for feature, n, value in vv.drift.psi("sliding", now):
                     key = (name, v, feature)
                     seen.add(key)
                     high = value is not None and value > self.threshold

@@ -1,7 +1,13 @@
 """Deployments over time: load, unload, split, shadow, promote, rollback, with
 every revision persisted (models/<name>/deployment.json, written atomically) and
 restored at start. Admin changes are serialised by one lock; loading, verifying
-and warming up run off the event loop; the routing table is swapped atomically."""
+and warming up run off the event loop; the routing table is swapped atomically.
+
+Several processes (the workers of `serve --workers N`, or replicas sharing the
+models folder) share deployment.json: a change takes an exclusive file lock
+(models/.deployment.lock), first adopts whatever another process wrote, then
+applies itself and writes; every process polls the file and adopts newer
+revisions, loading the versions they need before swapping its table."""
 
 from __future__ import annotations
 
@@ -9,11 +15,14 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
+import stat
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -34,6 +43,9 @@ from riskserve.runtime import LoadedModel, load_version
 log = logging.getLogger(__name__)
 
 STATE_FILE = "deployment.json"
+LOCK_FILE = ".deployment.lock"
+#: After a failed attempt to follow another process's revision, wait this long.
+FOLLOW_RETRY_SECONDS = 5.0
 STATE_FORMAT = "riskserve.deployment/v1"
 #: Revisions kept in deployment.json (and in memory) per model.
 HISTORY_LIMIT = 1000
@@ -127,6 +139,54 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _read_history(path: Path) -> list[Revision]:
+    data = json.loads(path.read_text())
+    return [Revision.from_json(r) for r in data["history"]]
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    """Identifies one write of `path` (every write is a rename: a new inode)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None  # not a state file (nothing to follow; writing it will fail)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class FileLock:
+    """An exclusive flock on one file, held by one process at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def acquire(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def release(fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        fd = self.acquire()
+        try:
+            yield
+        finally:
+            self.release(fd)
+
+
 def compatible(control: LoadedModel, candidate: LoadedModel) -> str | None:
     """Why `candidate` cannot join `control`'s deployment, or None."""
     a = [(i.name, i.datatype) for i in control.inputs]
@@ -173,6 +233,10 @@ class DeploymentManager:
         #: History of models taken out of service (RepositoryModelUnload).
         self._removed: dict[str, list[Revision]] = {}
         self._lock = asyncio.Lock()
+        self._file_lock = FileLock(repo.root / LOCK_FILE)
+        #: deployment.json as this process last wrote or read it, per model.
+        self._disk: dict[str, tuple[int, int, int] | None] = {}
+        self._retry_at: dict[str, float] = {}
         self.on_change: list[Callable[[str, Revision], None]] = []
 
     # -- start -------------------------------------------------------------------
@@ -180,13 +244,16 @@ class DeploymentManager:
     def restore(self) -> RoutingTable:
         """Restores every model's deployment from deployment.json, or starts one
         with every version that loads and the newest live."""
+        with self._file_lock.held():  # sibling workers start one after the other here
+            return self._restore_locked()
+
+    def _restore_locked(self) -> RoutingTable:
         for name in self.repo.models():
             path = self.repo.root / name / STATE_FILE
             history: list[Revision] = []
             if path.exists():
                 try:
-                    data = json.loads(path.read_text())
-                    history = [Revision.from_json(r) for r in data["history"]]
+                    history = _read_history(path)
                 except (OSError, ValueError, KeyError, TypeError) as e:
                     log.error(
                         "deployment state unreadable; starting fresh",
@@ -347,6 +414,114 @@ class DeploymentManager:
 
     # -- changes ---------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _change(self, name: str) -> AsyncIterator[None]:
+        """One admin change: this process's lock, then the file lock shared with
+        every other process, then what they wrote adopted, then all or nothing."""
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            fd = await loop.run_in_executor(None, self._file_lock.acquire)
+            try:
+                await self._follow_locked(strict=name)
+                with self._txn(name):
+                    yield
+            finally:
+                self._file_lock.release(fd)
+
+    # -- following other processes ------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Adopts what other processes wrote now (before an admin read: a change
+        just made through a sibling worker must show in GetDeployment/History)."""
+        async with self._lock:
+            await self._follow_locked()
+
+    async def watch(self) -> None:
+        """Polls deployment.json for revisions written by another process."""
+        while True:
+            await asyncio.sleep(self.settings.state_poll_seconds)
+            try:
+                async with self._lock:
+                    await self._follow_locked()
+            except Exception:
+                log.exception("deployment state not followed")
+
+    async def _follow_locked(self, strict: str | None = None) -> list[str]:
+        """Adopts every model's newer revision on disk; returns the models changed.
+        Before a change to model `strict`, its state must be followed (or the
+        change is refused): a change on top of a stale revision would undo it."""
+        loop = asyncio.get_running_loop()
+        changed = []
+        for name in self.repo.models():
+            path = self.repo.root / name / STATE_FILE
+            key = _stat_key(path)
+            if key is None or key == self._disk.get(name):
+                continue
+            if name != strict and time.monotonic() < self._retry_at.get(name, 0.0):
+                continue
+            try:
+                history = await loop.run_in_executor(None, _read_history, path)
+                if not history:
+                    raise ValueError("empty history")
+                if history[-1].revision > self._known_revision(name):
+                    await self._adopt(name, history)
+                    changed.append(name)
+                self._disk[name] = key
+                self._retry_at.pop(name, None)
+            except Exception as e:
+                self._retry_at[name] = time.monotonic() + FOLLOW_RETRY_SECONDS
+                log.error(
+                    "cannot follow the deployment another process wrote; still serving "
+                    f"revision {self._known_revision(name)}",
+                    extra={"model": name, "reason": getattr(e, "message", repr(e))},
+                )
+                if name == strict:
+                    raise Unavailable(
+                        f"{name}: deployment state on disk cannot be followed: "
+                        f"{getattr(e, 'message', repr(e))}"
+                    ) from e
+        return changed
+
+    def _known_revision(self, name: str) -> int:
+        st = self._states.get(name)
+        if st is not None:
+            return st.current.revision
+        removed = self._removed.get(name)
+        return removed[-1].revision if removed else 0
+
+    async def _adopt(self, name: str, history: list[Revision]) -> None:
+        """Serves `history[-1]` as written by another process: loads what it needs,
+        then swaps the table; on any failure this process keeps what it had."""
+        cur = history[-1]
+        with self._txn(name):
+            if cur.action == "remove" or not any(w > 0 for _, w in cur.variants):
+                self._states.pop(name, None)
+                self._removed[name] = history
+            else:
+                st = self._states.get(name)
+                have = dict(st.models) if st is not None else {}
+                wanted = set(cur.loaded) | {v for v, _ in cur.variants}
+                if cur.shadow_version is not None:
+                    wanted.add(cur.shadow_version)
+                models = {v: have[v] for v in wanted if v in have}
+                for v in sorted(wanted - set(have)):
+                    models[v] = await self._load_one(name, v)
+                self._states[name] = ModelState(name, history, models)
+                self._removed.pop(name, None)
+            table = self._table()
+        self._publish(table)
+        log.info(
+            "deployment followed",
+            extra={
+                "model": name,
+                "revision": cur.revision,
+                "action": cur.action,
+                "variants": [list(v) for v in cur.variants],
+            },
+        )
+        for cb in self.on_change:
+            cb(name, cur)
+
     @contextlib.contextmanager
     def _txn(self, name: str) -> Iterator[None]:
         """All or nothing: a change that fails (a refused load, a disk that will
@@ -374,40 +549,39 @@ class DeploymentManager:
             raise
 
     async def load(self, name: str, version: int, actor: str, reason: str) -> Revision:
-        async with self._lock:
-            with self._txn(name):
-                st = self._states.get(name)
-                if st is not None and version in st.models:
-                    return st.current
-                model = await self._load_one(name, version)
-                if st is None:
-                    st = ModelState(name, self._removed.pop(name, []), {version: model})
-                    self._states[name] = st
-                    return await self._commit(
-                        st,
-                        "load",
-                        ((version, 100),),
-                        name,
-                        None,
-                        0.0,
-                        actor,
-                        reason or "first version of a new model",
-                    )
-                why = compatible(st.models[self._control(st)], model)
-                if why is not None:
-                    raise Conflict(f"{name} version {version} refused: {why}")
-                st.models[version] = model
-                cur = st.current
+        async with self._change(name):
+            st = self._states.get(name)
+            if st is not None and version in st.models:
+                return st.current
+            model = await self._load_one(name, version)
+            if st is None:
+                st = ModelState(name, self._removed.pop(name, []), {version: model})
+                self._states[name] = st
                 return await self._commit(
                     st,
                     "load",
-                    cur.variants,
-                    cur.salt,
-                    cur.shadow_version,
-                    cur.shadow_percent,
+                    ((version, 100),),
+                    name,
+                    None,
+                    0.0,
                     actor,
-                    reason,
+                    reason or "first version of a new model",
                 )
+            why = compatible(st.models[self._control(st)], model)
+            if why is not None:
+                raise Conflict(f"{name} version {version} refused: {why}")
+            st.models[version] = model
+            cur = st.current
+            return await self._commit(
+                st,
+                "load",
+                cur.variants,
+                cur.salt,
+                cur.shadow_version,
+                cur.shadow_percent,
+                actor,
+                reason,
+            )
 
     async def _load_one(self, name: str, version: int) -> LoadedModel:
         ref = self.repo.version(name, version)  # NotFound when absent
@@ -428,118 +602,113 @@ class DeploymentManager:
             raise Conflict(f"{name} version {version} refused: {e.message}") from None
 
     async def unload(self, name: str, version: int, actor: str, reason: str) -> Revision:
-        async with self._lock:
-            with self._txn(name):
-                st = self.state(name)
-                if version not in st.models:
-                    raise NotFound(f"model {name!r} version {version} is not loaded")
-                cur = st.current
-                if any(v == version and w > 0 for v, w in cur.variants):
-                    raise Conflict(
-                        f"{name} version {version} takes traffic; move its traffic away first"
-                    )
-                shadow = cur.shadow_version if cur.shadow_version != version else None
-                del st.models[version]
-                variants = tuple((v, w) for v, w in cur.variants if v != version)
-                return await self._commit(
-                    st,
-                    "unload",
-                    variants,
-                    cur.salt,
-                    shadow,
-                    cur.shadow_percent if shadow is not None else 0.0,
-                    actor,
-                    reason,
+        async with self._change(name):
+            st = self.state(name)
+            if version not in st.models:
+                raise NotFound(f"model {name!r} version {version} is not loaded")
+            cur = st.current
+            if any(v == version and w > 0 for v, w in cur.variants):
+                raise Conflict(
+                    f"{name} version {version} takes traffic; move its traffic away first"
                 )
+            shadow = cur.shadow_version if cur.shadow_version != version else None
+            del st.models[version]
+            variants = tuple((v, w) for v, w in cur.variants if v != version)
+            return await self._commit(
+                st,
+                "unload",
+                variants,
+                cur.salt,
+                shadow,
+                cur.shadow_percent if shadow is not None else 0.0,
+                actor,
+                reason,
+            )
 
     async def remove(self, name: str, actor: str, reason: str) -> None:
         """Takes a model out of service entirely (it answers NOT_FOUND until a
         version is loaded again); the state survives restarts."""
-        async with self._lock:
-            with self._txn(name):
-                st = self.state(name)
-                cur = st.current
-                rev = dataclasses.replace(
-                    cur,
-                    revision=cur.revision + 1,
-                    action="remove",
-                    variants=(),
-                    shadow_version=None,
-                    shadow_percent=0.0,
-                    loaded=(),
-                    updated_at=_now(),
-                    actor=actor,
-                    reason=reason,
-                    undo_from=cur.revision + 1,
-                )
-                st.history.append(rev)
-                try:
-                    await asyncio.get_running_loop().run_in_executor(None, self._persist, st)
-                except OSError as e:
-                    raise Unavailable(f"cannot write the deployment state of {name!r}: {e}") from e
-                del self._states[name]
-                self._removed[name] = st.history
-                self._publish(self._table())
-                log.info("model removed", extra={"model": name, "actor": actor, "reason": reason})
+        async with self._change(name):
+            st = self.state(name)
+            cur = st.current
+            rev = dataclasses.replace(
+                cur,
+                revision=cur.revision + 1,
+                action="remove",
+                variants=(),
+                shadow_version=None,
+                shadow_percent=0.0,
+                loaded=(),
+                updated_at=_now(),
+                actor=actor,
+                reason=reason,
+                undo_from=cur.revision + 1,
+            )
+            st.history.append(rev)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self._persist, st)
+            except OSError as e:
+                raise Unavailable(f"cannot write the deployment state of {name!r}: {e}") from e
+            del self._states[name]
+            self._removed[name] = st.history
+            self._publish(self._table())
+            log.info("model removed", extra={"model": name, "actor": actor, "reason": reason})
 
     async def set_traffic(
         self, name: str, variants: Iterable[tuple[int, int]], salt: str, actor: str, reason: str
     ) -> Revision:
-        async with self._lock:
-            with self._txn(name):
-                st = self.state(name)
-                vs = self._check_variants(st, list(variants))
-                cur = st.current
-                return await self._commit(
-                    st,
-                    "set_traffic",
-                    vs,
-                    salt or cur.salt,
-                    cur.shadow_version,
-                    cur.shadow_percent,
-                    actor,
-                    reason,
-                )
+        async with self._change(name):
+            st = self.state(name)
+            vs = self._check_variants(st, list(variants))
+            cur = st.current
+            return await self._commit(
+                st,
+                "set_traffic",
+                vs,
+                salt or cur.salt,
+                cur.shadow_version,
+                cur.shadow_percent,
+                actor,
+                reason,
+            )
 
     async def set_shadow(
         self, name: str, version: int, percent: float, actor: str, reason: str
     ) -> Revision:
-        async with self._lock:
-            with self._txn(name):
-                st = self.state(name)
-                if not 0.0 <= percent <= 100.0:
-                    raise InvalidInput(f"shadow sample percent must be in 0..100, got {percent}")
-                if version == 0 or percent == 0:
-                    shadow: int | None = None
-                    percent = 0.0
-                else:
-                    if version not in st.models:
-                        raise Conflict(f"{name} version {version} is not loaded; load it first")
-                    shadow = version
-                cur = st.current
-                return await self._commit(
-                    st, "set_shadow", cur.variants, cur.salt, shadow, percent, actor, reason
-                )
-
-    async def promote(self, name: str, version: int, actor: str, reason: str) -> Revision:
-        async with self._lock:
-            with self._txn(name):
-                st = self.state(name)
+        async with self._change(name):
+            st = self.state(name)
+            if not 0.0 <= percent <= 100.0:
+                raise InvalidInput(f"shadow sample percent must be in 0..100, got {percent}")
+            if version == 0 or percent == 0:
+                shadow: int | None = None
+                percent = 0.0
+            else:
                 if version not in st.models:
                     raise Conflict(f"{name} version {version} is not loaded; load it first")
-                cur = st.current
-                variants = tuple(sorted(({v: 0 for v, _ in cur.variants} | {version: 100}).items()))
-                shadow = cur.shadow_version if cur.shadow_version != version else None
-                return await self._commit(
-                    st,
-                    "promote",
-                    variants,
-                    cur.salt,
-                    shadow,
-                    cur.shadow_percent if shadow is not None else 0.0,
-                    actor,
-                    reason,
-                )
+                shadow = version
+            cur = st.current
+            return await self._commit(
+                st, "set_shadow", cur.variants, cur.salt, shadow, percent, actor, reason
+            )
+
+    async def promote(self, name: str, version: int, actor: str, reason: str) -> Revision:
+        async with self._change(name):
+            st = self.state(name)
+            if version not in st.models:
+                raise Conflict(f"{name} version {version} is not loaded; load it first")
+            cur = st.current
+            variants = tuple(sorted(({v: 0 for v, _ in cur.variants} | {version: 100}).items()))
+            shadow = cur.shadow_version if cur.shadow_version != version else None
+            return await self._commit(
+                st,
+                "promote",
+                variants,
+                cur.salt,
+                shadow,
+                cur.shadow_percent if shadow is not None else 0.0,
+                actor,
+                reason,
+            )
 
     async def rollback(
         self, name: str, actor: str, reason: str, expected_revision: int | None = None
@@ -547,15 +716,14 @@ class DeploymentManager:
         """Undoes the last traffic change. With `expected_revision`, only if the
         deployment is still at that revision (the canary guard's breach was
         measured there; a newer change makes it stale)."""
-        async with self._lock:
+        async with self._change(name):
             st = self.state(name)
             if expected_revision is not None and st.current.revision != expected_revision:
                 raise Conflict(
                     f"{name} moved from revision {expected_revision} to "
                     f"{st.current.revision}; not rolling back"
                 )
-            with self._txn(name):
-                return await self._rollback_locked(name, actor, reason, "rollback")
+            return await self._rollback_locked(name, actor, reason, "rollback")
 
     async def _rollback_locked(self, name: str, actor: str, reason: str, action: str) -> Revision:
         st = self.state(name)
@@ -692,6 +860,7 @@ class DeploymentManager:
         )
         body = head[:-1] + ', "history": [\n' + ",\n".join(parts) + "\n]}\n"
         _write_atomic(path, body)
+        self._disk[st.name] = _stat_key(path)  # ours (written under the file lock)
 
     def newest_available(self, name: str) -> int:
         refs = self.repo.versions(name)

@@ -49,6 +49,7 @@ class AdminServicer(pb_grpc.ModelAdminServicer):  # type: ignore[misc]
         self.metrics = metrics
 
     async def ListModels(self, request: Any, context: Any) -> pb.ListModelsResponse:
+        await self.m.refresh()
         out = []
         # Hashing every available version reads files: keep it off the event loop.
         listing = await asyncio.get_running_loop().run_in_executor(None, self.m.list_models)
@@ -77,6 +78,7 @@ class AdminServicer(pb_grpc.ModelAdminServicer):  # type: ignore[misc]
 
     async def GetDeployment(self, request: Any, context: Any) -> pb.Deployment:
         name = _model(request.model)
+        await self.m.refresh()
         return deployment_pb(name, self.m.state(name).current)
 
     async def SetTraffic(self, request: Any, context: Any) -> pb.Deployment:
@@ -107,5 +109,6 @@ class AdminServicer(pb_grpc.ModelAdminServicer):  # type: ignore[misc]
 
     async def History(self, request: Any, context: Any) -> pb.HistoryResponse:
         name = _model(request.model)
+        await self.m.refresh()
         revs = self.m.history(name, request.limit)
         return pb.HistoryResponse(revisions=[deployment_pb(name, r) for r in revs])

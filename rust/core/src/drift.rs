@@ -538,7 +538,17 @@ impl DriftMonitor {
 
     /// Per field (score last): (observations, PSI or None below the minimum count).
     pub fn psi(&self, window: Window, now: Option<u64>) -> Vec<(u64, Option<f64>)> {
-        let counts = self.counts(window, now);
+        self.field_psi(&self.counts(window, now))
+    }
+
+    /// [`DriftMonitor::psi`] of flat per-bin counts laid out like
+    /// [`DriftMonitor::counts`] (e.g. several processes' counts summed); None
+    /// when `counts` does not have one entry per bin.
+    pub fn psi_of(&self, counts: &[u64]) -> Option<Vec<(u64, Option<f64>)>> {
+        (counts.len() == self.total_bins).then(|| self.field_psi(counts))
+    }
+
+    fn field_psi(&self, counts: &[u64]) -> Vec<(u64, Option<f64>)> {
         self.fields()
             .enumerate()
             .map(|(i, f)| {
@@ -549,6 +559,11 @@ impl DriftMonitor {
                 (n, value)
             })
             .collect()
+    }
+
+    /// Number of bins over all fields (the length of [`DriftMonitor::counts`]).
+    pub fn total_bins(&self) -> usize {
+        self.total_bins
     }
 
     /// Offsets of each field's bins in [`DriftMonitor::counts`].

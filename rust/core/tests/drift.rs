@@ -583,6 +583,20 @@ fn psi_needs_the_minimum_count_and_is_zero_on_the_reference_data() {
     let psi = mon.psi(Window::Sliding, Some(NOW));
     assert!(psi[0].1.unwrap() > 1.0, "{psi:?}");
     assert!(psi[1..].iter().all(|p| p.1.unwrap() < 1e-12), "{psi:?}");
+
+    // Two processes' counts summed give the PSI of their combined traffic.
+    let a = DriftMonitor::new(&fitted, DriftConfig::default()).unwrap();
+    let b = DriftMonitor::new(&fitted, DriftConfig::default()).unwrap();
+    let both = DriftMonitor::new(&fitted, DriftConfig::default()).unwrap();
+    batch.observe(&a, NOW);
+    shifted.observe(&b, NOW);
+    batch.observe(&both, NOW);
+    shifted.observe(&both, NOW);
+    let mut sum = a.counts(Window::Cumulative, None);
+    add(&mut sum, &b.counts(Window::Cumulative, None));
+    assert_eq!(sum.len(), a.total_bins());
+    assert_eq!(a.psi_of(&sum).unwrap(), both.psi(Window::Cumulative, None));
+    assert!(a.psi_of(&sum[1..]).is_none());
 }
 
 const THREADS: usize = 8;

@@ -137,16 +137,36 @@ impl DriftMonitor {
     #[pyo3(signature = (window = "cumulative", now = None))]
     fn psi(&self, window: &str, now: Option<u64>) -> PyResult<Vec<(String, u64, Option<f64>)>> {
         let w = self::window(window)?;
-        Ok(self
-            .inner
-            .fields()
-            .zip(self.inner.psi(w, now))
-            .map(|(f, (n, p))| (f.name.clone(), n, p))
-            .collect())
+        Ok(self.named(self.inner.psi(w, now)))
+    }
+
+    /// Like `psi`, of flat per-bin counts laid out like `counts()` (e.g. the
+    /// counts of several worker processes summed).
+    fn psi_of(
+        &self,
+        counts: PyReadonlyArray1<'_, u64>,
+    ) -> PyResult<Vec<(String, u64, Option<f64>)>> {
+        let counts = counts.as_slice()?;
+        let rows = self.inner.psi_of(counts).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "drift counts: expected {} bins, got {}",
+                self.inner.total_bins(),
+                counts.len()
+            ))
+        })?;
+        Ok(self.named(rows))
     }
 }
 
 impl DriftMonitor {
+    fn named(&self, rows: Vec<(u64, Option<f64>)>) -> Vec<(String, u64, Option<f64>)> {
+        self.inner
+            .fields()
+            .zip(rows)
+            .map(|(f, (n, p))| (f.name.clone(), n, p))
+            .collect()
+    }
+
     pub(crate) fn same_inputs(&self, pipeline: &CorePipeline) -> bool {
         self.inner.inputs() == pipeline.inputs()
     }

@@ -1,0 +1,303 @@
+"""Metrics across worker processes (`riskserve serve --workers N`).
+
+Request metrics use prometheus_client's multiprocess mode: every worker's
+counters and histograms live in memory-mapped files under one directory and the
+metrics process sums them at scrape time, so they are exact even for a worker
+that crashed.
+
+Drift counters live in each worker's Rust DriftMonitor. Every worker writes a
+snapshot of them (and of what it serves) to `worker-<pid>.json` in the same
+directory every `SNAPSHOT_SECONDS` and when it stops; the metrics process sums
+the per-bin counts of every snapshot and computes PSI from the sums with the
+version's own reference (DriftMonitor.psi_of), so fleet PSI is the PSI of the
+combined traffic, not an average of per-worker PSIs. A worker that died keeps
+its last cumulative counts (counters never go backwards); its sliding-window
+counts stop counting once its snapshot is stale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from riskserve._native import DriftMonitor
+from riskserve.monitoring.metrics import ModelView, VersionView
+from riskserve.registry import ModelRepository
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = "riskserve.worker/v1"
+#: How often a worker writes its snapshot.
+SNAPSHOT_SECONDS = 0.5
+#: A snapshot older than this is a worker that is gone (or stuck).
+STALE_SECONDS = 5.0
+
+
+def requests_served(registry: CollectorRegistry) -> int:
+    """Requests this process answered (every status), from its own registry."""
+    total = 0.0
+    for family in registry.collect():
+        if family.name == "riskserve_requests":
+            total += sum(s.value for s in family.samples if s.name == "riskserve_requests_total")
+    return int(total)
+
+
+class SnapshotWriter:
+    """Worker side: writes what this process serves and its drift counts."""
+
+    def __init__(
+        self,
+        directory: Path,
+        worker: int,
+        views: Callable[[], list[ModelView]],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.path = directory / f"worker-{os.getpid()}.json"
+        self.worker = worker
+        self._views = views
+        self._registry = registry
+        self.started = time.time()
+
+    def snapshot(self) -> dict[str, Any]:
+        models: dict[str, Any] = {}
+        for mv in self._views():
+            versions: dict[str, Any] = {}
+            for vv in mv.versions:
+                drift = None
+                if vv.drift is not None:
+                    drift = {
+                        "cumulative": vv.drift.counts("cumulative").tolist(),
+                        "sliding": vv.drift.counts("sliding").tolist(),
+                    }
+                versions[str(vv.version)] = {"sha256": vv.sha256, "drift": drift}
+            models[mv.name] = {"revision": mv.revision, "versions": versions}
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "pid": os.getpid(),
+            "worker": self.worker,
+            "started": self.started,
+            "time": time.time(),
+            "requests": requests_served(self._registry),
+            "models": models,
+        }
+
+    def write(self) -> None:
+        text = json.dumps(self.snapshot(), separators=(",", ":"))
+        fd, tmp = tempfile.mkstemp(prefix=".worker-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@dataclasses.dataclass(frozen=True)
+class MergedDrift:
+    """Drift counts summed over workers, with PSI from the version's reference."""
+
+    monitor: DriftMonitor
+    cumulative: npt.NDArray[np.uint64]
+    sliding: npt.NDArray[np.uint64]
+
+    @property
+    def fields(self) -> list[tuple[str, list[str], list[float]]]:
+        return self.monitor.fields
+
+    def counts(self, window: str = "cumulative", now: int | None = None) -> npt.NDArray[np.uint64]:
+        return self.cumulative if window == "cumulative" else self.sliding
+
+    def psi(
+        self, window: str = "cumulative", now: int | None = None
+    ) -> list[tuple[str, int, float | None]]:
+        return self.monitor.psi_of(self.counts(window))
+
+
+class Fleet:
+    """Metrics-process side: reads every worker's snapshot and merges them."""
+
+    def __init__(self, directory: Path, repo: ModelRepository) -> None:
+        self.directory = directory
+        self.repo = repo
+        self._monitors: dict[tuple[str, int, str], DriftMonitor | None] = {}
+        self._cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """Every worker's latest snapshot (re-read at most every 0.1 s)."""
+        now = time.monotonic()
+        if now - self._cache[0] < 0.1:
+            return self._cache[1]
+        out = []
+        for path in sorted(self.directory.glob("worker-*.json")):
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError) as e:  # a file replaced under us: next scrape
+                log.warning(
+                    "worker snapshot unreadable", extra={"path": str(path), "error": str(e)}
+                )
+                continue
+            if isinstance(doc, dict) and doc.get("format") == SNAPSHOT_FORMAT:
+                out.append(doc)
+        self._cache = (now, out)
+        return out
+
+    @staticmethod
+    def fresh(doc: dict[str, Any], now: float) -> bool:
+        return now - float(doc["time"]) < STALE_SECONDS
+
+    def _monitor(self, name: str, version: int, sha256: str) -> DriftMonitor | None:
+        key = (name, version, sha256)
+        if key not in self._monitors:
+            mon = None
+            try:
+                spec = (self.repo.version(name, version).path / "features.json").read_text()
+                if json.loads(spec).get("reference") is not None:
+                    mon = DriftMonitor(spec, 1, 1)
+            except Exception as e:  # the version is unreadable here: no drift read-out
+                log.error(
+                    "drift reference unreadable",
+                    extra={"model": name, "version": version, "error": repr(e)},
+                )
+            self._monitors[key] = mon
+        return self._monitors[key]
+
+    def views(self) -> list[ModelView]:
+        now = time.time()
+        docs = self.snapshots()
+        live = [d for d in docs if self.fresh(d, now)]
+        revisions: dict[str, int] = {}
+        served: dict[str, set[tuple[int, str]]] = {}
+        for d in live:
+            for name, m in d["models"].items():
+                revisions[name] = max(revisions.get(name, 0), int(m["revision"]))
+                for v, vd in m["versions"].items():
+                    served.setdefault(name, set()).add((int(v), str(vd["sha256"])))
+        out = []
+        for name in sorted(served):
+            versions = []
+            for v, sha in sorted(served[name]):
+                versions.append(VersionView(v, sha, self._merged(docs, now, name, v, sha)))
+            out.append(ModelView(name, revisions[name], tuple(versions)))
+        return out
+
+    def _merged(
+        self, docs: list[dict[str, Any]], now: float, name: str, version: int, sha256: str
+    ) -> MergedDrift | None:
+        mon = self._monitor(name, version, sha256)
+        if mon is None:
+            return None
+        n = len(mon.counts())
+        cumulative = np.zeros(n, dtype=np.uint64)
+        sliding = np.zeros(n, dtype=np.uint64)
+        for d in docs:
+            vd = d["models"].get(name, {}).get("versions", {}).get(str(version))
+            if vd is None or vd["sha256"] != sha256 or vd["drift"] is None:
+                continue
+            cum = np.asarray(vd["drift"]["cumulative"], dtype=np.uint64)
+            if cum.shape != (n,):
+                continue  # not this reference's layout
+            cumulative += cum
+            if self.fresh(d, now):
+                sliding += np.asarray(vd["drift"]["sliding"], dtype=np.uint64)
+        return MergedDrift(mon, cumulative, sliding)
+
+
+class WorkerCollector(Collector):
+    """Per-worker read-outs: is it up, how many requests it answered, which
+    deployment revision it serves (to see that an admin change reached all)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "riskserve_worker_up", "1 while a worker's snapshot is fresh.", labels=["worker"]
+        )
+        requests = CounterMetricFamily(
+            "riskserve_worker_requests",
+            "Inference requests answered by each worker (any status).",
+            labels=["worker"],
+        )
+        revision = GaugeMetricFamily(
+            "riskserve_worker_deployment_revision",
+            "Deployment revision each live worker serves.",
+            labels=["model", "worker"],
+        )
+        now = time.time()
+        ups: dict[str, float] = {}
+        totals: dict[str, float] = {}
+        for d in self._fleet.snapshots():
+            w = str(d["worker"])
+            fresh = self._fleet.fresh(d, now)
+            ups[w] = max(ups.get(w, 0.0), 1.0 if fresh else 0.0)
+            totals[w] = totals.get(w, 0.0) + float(d["requests"])
+            if fresh:
+                for name, m in d["models"].items():
+                    revision.add_metric([name, w], float(m["revision"]))
+        for w in sorted(ups):
+            up.add_metric([w], ups[w])
+            requests.add_metric([w], totals[w])
+        yield up
+        yield requests
+        yield revision
+
+
+def run_metrics_process(
+    directory: Path,
+    models_dir: Path,
+    host: str,
+    port: int,
+    threshold: float,
+    bins: bool,
+    check_seconds: float,
+    ready: Callable[[int], None],
+    stopping: Callable[[float], bool],
+) -> None:
+    """The metrics process: serves /metrics for the whole fleet and logs drift
+    alerts on the merged counts. `ready(port)` once listening; runs until
+    `stopping(timeout)` returns True."""
+    from prometheus_client import multiprocess, start_http_server
+
+    from riskserve.monitoring.metrics import DriftAlerts, ServingCollector
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    fleet = Fleet(directory, ModelRepository(models_dir))
+    registry.register(ServingCollector(fleet.views, threshold, bins))
+    registry.register(WorkerCollector(fleet))
+    httpd, _thread = start_http_server(port, host, registry=registry)
+    ready(int(httpd.server_port))
+    alerts = DriftAlerts(fleet.views, threshold)
+    while not stopping(check_seconds):
+        try:
+            alerts.check()
+        except Exception:
+            log.exception("drift check failed")
+    httpd.shutdown()
+
+
+__all__ = [
+    "Fleet",
+    "MergedDrift",
+    "SnapshotWriter",
+    "WorkerCollector",
+    "requests_served",
+    "run_metrics_process",
+]

@@ -1,0 +1,271 @@
+"""`riskserve serve --workers N`: a supervisor, N worker processes and one
+metrics process on one host.
+
+The supervisor never creates a gRPC object or a thread of its own: it reserves
+the port, points prometheus_client at a fresh multiprocess directory, forks the
+workers (each then builds its own gRPC server bound with SO_REUSEPORT, so the
+kernel spreads connections over them) and a metrics process that serves
+/metrics for all of them, and waits. A child that dies is forked again (with
+back-off; a crash loop stops the whole server). SIGTERM/SIGINT drain the
+workers (each finishes its in-flight requests), then stop the metrics process.
+
+Admin changes reach every worker through models/<name>/deployment.json: the
+worker that takes the call changes it under a file lock, the others notice the
+new revision within `state_poll_seconds` and swap their routing table
+atomically (riskserve.routing.manager).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from riskserve.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Seconds a child may take from fork to serving.
+START_TIMEOUT = 120.0
+#: More than this many restarts within RESTART_WINDOW seconds: give up.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerContext:
+    """What a forked worker needs beyond Settings."""
+
+    index: int
+    metrics_dir: Path
+    ready_fd: int
+
+
+@dataclasses.dataclass
+class _Child:
+    kind: str  # "worker" or "metrics"
+    index: int
+    pid: int
+    ready_r: int
+
+
+def reserve_port(host: str, port: int) -> int:
+    """Checks that host:port is free (or picks a free port for 0) with a plain
+    bind, no SO_REUSEPORT, so a port another server holds is refused here
+    rather than silently shared by the workers."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(f"cannot bind {host}:{port}: {e.strerror}") from e
+        return int(s.getsockname()[1])
+
+
+def _child_main(fn: Any, *args: Any) -> None:
+    """Runs `fn` in a forked child and never returns into the supervisor's code."""
+    code = 1
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        fn(*args)
+        code = 0
+    except BaseException:
+        log.exception("child process failed", extra={"pid": os.getpid()})
+    finally:
+        with contextlib.suppress(Exception):
+            logging.shutdown()
+        os._exit(code)
+
+
+def _worker_main(settings: Settings, ctx: WorkerContext) -> None:
+    from riskserve.server import run
+
+    run(settings, ctx)
+
+
+def _metrics_main(settings: Settings, directory: Path, ready_fd: int) -> None:
+    from riskserve.monitoring.fleet import run_metrics_process
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def ready(port: int) -> None:
+        os.write(ready_fd, f"{port}\n".encode())
+        os.close(ready_fd)
+
+    run_metrics_process(
+        directory,
+        settings.models_dir,
+        settings.metrics_host,
+        settings.metrics_port,
+        settings.drift_threshold,
+        settings.drift_bins,
+        settings.drift_check_seconds,
+        ready,
+        stop.wait,
+    )
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        if "prometheus_client" in sys.modules or "grpc" in sys.modules:
+            # Multiprocess metrics are chosen when prometheus_client is imported,
+            # and gRPC must not exist before fork.
+            raise RuntimeError("the supervisor must start before prometheus_client and grpc load")
+        self.settings = settings
+        self.metrics_dir = Path(tempfile.mkdtemp(prefix="riskserve-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+        self.port = reserve_port(settings.host, settings.port)
+        self.worker_settings = dataclasses.replace(settings, port=self.port, metrics_port=-1)
+        self.children: dict[int, _Child] = {}
+        self.metrics_port: int | None = None
+        self.stopping = False
+        self.restarts: list[float] = []
+
+    def _fork(self, kind: str, index: int) -> _Child:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            os.close(r)
+            for c in self.children.values():
+                with contextlib.suppress(OSError):
+                    os.close(c.ready_r)
+            if kind == "worker":
+                ctx = WorkerContext(index, self.metrics_dir, w)
+                _child_main(_worker_main, self.worker_settings, ctx)
+            _child_main(_metrics_main, self.settings, self.metrics_dir, w)
+        os.close(w)
+        child = _Child(kind, index, pid, r)
+        self.children[pid] = child
+        return child
+
+    def _await_ready(self, child: _Child) -> str:
+        """The child's ready line, or raises if it exits or takes too long."""
+        deadline = time.monotonic() + START_TIMEOUT
+        buf = b""
+        try:
+            while not buf.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"{child.kind} {child.index} not ready in {START_TIMEOUT}s")
+                readable, _, _ = select.select([child.ready_r], [], [], min(left, 1.0))
+                if readable:
+                    chunk = os.read(child.ready_r, 64)
+                    if not chunk:
+                        raise RuntimeError(
+                            f"{child.kind} {child.index} (pid {child.pid}) exited before serving"
+                        )
+                    buf += chunk
+        finally:
+            os.close(child.ready_r)
+            child.ready_r = -1
+        return buf.decode().strip()
+
+    def start(self) -> None:
+        workers = [self._fork("worker", i) for i in range(self.settings.workers)]
+        for w in workers:
+            self._await_ready(w)
+        if self.settings.metrics_port >= 0:
+            self.metrics_port = int(self._await_ready(self._fork("metrics", 0)))
+        log.info(
+            "serving",
+            extra={
+                "host": self.settings.host,
+                "port": self.port,
+                "metrics_port": self.metrics_port,
+                "pid": os.getpid(),
+                "workers": [c.pid for c in self.children.values() if c.kind == "worker"],
+            },
+        )
+
+    def _restart(self, child: _Child, status: int) -> None:
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
+        log.error(
+            f"{child.kind} process died; restarting",
+            extra={
+                "worker": child.index,
+                "pid": child.pid,
+                "exit": os.waitstatus_to_exitcode(status),
+                "restarts_in_window": len(self.restarts),
+            },
+        )
+        if len(self.restarts) > MAX_RESTARTS:
+            raise RuntimeError(f"{len(self.restarts)} restarts within {RESTART_WINDOW:.0f}s")
+        time.sleep(min(2.0, 0.2 * len(self.restarts)))
+        new = self._fork(child.kind, child.index)
+        ready = self._await_ready(new)
+        if child.kind == "metrics":
+            self.metrics_port = int(ready)
+
+    def supervise(self) -> int:
+        def on_signal(signum: int, _frame: Any) -> None:
+            self.stopping = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        code = 0
+        try:
+            self.start()
+            while not self.stopping:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    pid, status = 0, 0
+                if pid == 0:
+                    time.sleep(0.1)
+                    continue
+                child = self.children.pop(pid, None)
+                if child is not None and not self.stopping:
+                    self._restart(child, status)
+        except Exception as e:
+            log.error("supervisor stopping", extra={"reason": str(e)})
+            code = 1
+        self.shutdown()
+        return code
+
+    def _stop(self, kind: str, timeout: float) -> None:
+        pids = [p for p, c in self.children.items() if c.kind == kind]
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in pids:
+            while True:
+                done, status = os.waitpid(p, os.WNOHANG)
+                if done:
+                    code = os.waitstatus_to_exitcode(status)
+                    if code != 0:
+                        log.error(f"{kind} exited badly", extra={"pid": p, "exit": code})
+                    break
+                if time.monotonic() > deadline:
+                    log.error(f"{kind} did not stop; killing it", extra={"pid": p})
+                    os.kill(p, signal.SIGKILL)
+                    os.waitpid(p, 0)
+                    break
+                time.sleep(0.05)
+            self.children.pop(p, None)
+
+    def shutdown(self) -> None:
+        """Workers first (they drain and write their last snapshots), then metrics."""
+        self._stop("worker", self.settings.grace_seconds + 10.0)
+        self._stop("metrics", 10.0)
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        log.info("stopped")
+
+
+def run(settings: Settings) -> int:
+    return Supervisor(settings).supervise()
