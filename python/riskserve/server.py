@@ -29,8 +29,8 @@ from riskserve.routing.guard import CanaryGuard
 from riskserve.routing.manager import DeploymentManager
 from riskserve.transport.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from riskserve.transport.admin import AdminServicer
-from riskserve.transport.auth import AdminAuthInterceptor, load_token
-from riskserve.transport.errors import ErrorInterceptor
+from riskserve.transport.auth import AdminAuth, load_token
+from riskserve.transport.errors import Registrar
 from riskserve.transport.inference import (
     SERVICE_NAME,
     InferenceServicer,
@@ -88,15 +88,14 @@ class Server:
             ("grpc.so_reuseport", 1 if worker else 0),
         ]
         token = load_token(settings.admin_token, settings.admin_token_file)
-        self.grpc = grpc.aio.server(
-            interceptors=[AdminAuthInterceptor(token), ErrorInterceptor()], options=opts
-        )
+        self.grpc = grpc.aio.server(options=opts)
+        ours = Registrar(self.grpc, AdminAuth(token))  # status mapping + admin token
         inference = InferenceServicer(self.dataplane, riskserve.__version__, self.manager)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, self.grpc)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, ours)
         if settings.rust_request_parser:
-            register_bytes_model_infer(self.grpc, inference)
+            register_bytes_model_infer(ours, inference)
         admin_pb2_grpc.add_ModelAdminServicer_to_server(
-            AdminServicer(self.manager, self.metrics), self.grpc
+            AdminServicer(self.manager, self.metrics), ours
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

@@ -14,6 +14,8 @@ import grpc
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
 ADMIN_PREFIXES = (
     "/riskserve.admin.v1.ModelAdmin/",
     "/inference.GRPCInferenceService/Repository",
@@ -34,7 +36,9 @@ def is_admin(method: str) -> bool:
     return method.startswith(ADMIN_PREFIXES)
 
 
-class AdminAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class AdminAuth:
+    """Checks the bearer token of admin calls; wraps each admin handler once."""
+
     def __init__(self, token: bytes | None) -> None:
         self._token = token
         if token is None:
@@ -52,29 +56,18 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return hmac.compare_digest(presented.strip().encode(), self._token)
         return False
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not is_admin(details.method):
-            return handler
-        if self._authorized(details.invocation_metadata):
-            return handler
-        method = details.method
+    def guard(self, method: str, inner: Handler) -> Handler:
+        """`inner`, run only for calls that present the token."""
         disabled = self._token is None
+        if disabled:
+            why = "admin API disabled: set RISKSERVE_ADMIN_TOKEN or RISKSERVE_ADMIN_TOKEN_FILE"
+        else:
+            why = "admin methods need metadata 'authorization: Bearer <token>' (valid token)"
 
-        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self._authorized(context.invocation_metadata()):
+                return await inner(request, context)
             log.warning("admin call refused", extra={"method": method})
-            if disabled:
-                why = "admin API disabled: set RISKSERVE_ADMIN_TOKEN or RISKSERVE_ADMIN_TOKEN_FILE"
-            else:
-                why = "admin methods need metadata 'authorization: Bearer <token>' (valid token)"
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
 
-        return grpc.unary_unary_rpc_method_handler(
-            refuse,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return handler

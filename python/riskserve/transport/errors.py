@@ -1,6 +1,11 @@
-"""The one place exceptions become gRPC status codes: a server interceptor that
-wraps every unary handler. RiskserveError → its code; anything else → INTERNAL
-for that request only, logged with a traceback; the process lives on."""
+"""The one place exceptions become gRPC status codes: every unary handler of our
+services is wrapped once, when it is registered (Registrar). RiskserveError → its
+code; anything else → INTERNAL for that request only, logged with a traceback;
+the process lives on.
+
+Not a grpc.aio server interceptor: an interceptor runs per RPC (two extra
+coroutines and a fresh handler object for every inference call); wrapping at
+registration costs one await per call."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any
 import grpc
 
 from riskserve.errors import Code, RiskserveError
+from riskserve.transport.auth import AdminAuth, is_admin
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +35,9 @@ STATUS: dict[Code, grpc.StatusCode] = {
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def _wrap(method: str, inner: Handler) -> Handler:
+def guarded(method: str, inner: Handler) -> Handler:
+    """`inner` with exceptions mapped to status codes."""
+
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await inner(request, context)
@@ -46,17 +54,41 @@ def _wrap(method: str, inner: Handler) -> Handler:
     return handler
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
+class Registrar:
+    """Stands in for the grpc.aio server in the generated ``add_*_to_server``
+    functions: registers each of our methods wrapped once — status mapping, and
+    the bearer token for admin methods (ModelAdmin, the V2 repository extension)."""
+
+    def __init__(self, server: grpc.aio.Server, auth: AdminAuth) -> None:
+        self._server = server
+        self._auth = auth
+        self._generic: set[str] = set()
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Ignored: the generated code registers the same methods again through
+        add_registered_method_handlers, where they are wrapped."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        wrapped = {name: self._wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+        if service not in self._generic:  # the fallback path for unregistered calls
+            self._generic.add(service)
+            self._server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(service, wrapped),)
+            )
+        self._server.add_registered_method_handlers(service, wrapped)
+
+    def _wrap(self, method: str, h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if h.unary_unary is None:
+            if is_admin(method):
+                raise ValueError(f"admin method {method} must be unary-unary")
+            return h  # streams report their own errors per message
+        inner = h.unary_unary
+        if is_admin(method):
+            inner = self._auth.guard(method, inner)
         return grpc.unary_unary_rpc_method_handler(
-            _wrap(details.method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            guarded(method, inner),
+            request_deserializer=h.request_deserializer,
+            response_serializer=h.response_serializer,
         )

@@ -16,6 +16,7 @@ from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from riskserve.routing.manager import DeploymentManager
 from riskserve.transport.admin import actor_of
 from riskserve.transport.codec import decode_request, decode_request_bytes, encode_response
+from riskserve.transport.errors import Registrar
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 
@@ -180,7 +181,7 @@ def _version_param(params: Any) -> int:
     return v
 
 
-def register_bytes_model_infer(server: grpc.aio.Server, servicer: InferenceServicer) -> None:
+def register_bytes_model_infer(server: Registrar, servicer: InferenceServicer) -> None:
     """Serves ModelInfer from the raw request bytes, parsed in Rust, instead of the
     generated deserializer. Registered after the generated service: a registered
     handler takes precedence; the other methods keep the generated ones."""
