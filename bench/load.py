@@ -66,7 +66,7 @@ class ProcJob:
     rows: int
     timeout: float
     use_uvloop: bool
-    rpc: str = "infer"  # or "live": ServerLive, the transport floor
+    rpc: str = "infer"  # "stream": ModelStreamInfer; "live": ServerLive, the transport floor
     lenient: bool = False  # accept FP32/FP64, raw or typed contents (matrix requests)
     # Open loop: (start offset s, end offset s, rate req/s) segments from the shared start;
     # empty for the closed loop. This process sends every nprocs-th scheduled request, and
@@ -222,11 +222,25 @@ async def _run_clients(job: ProcJob, sync: Any) -> dict[str, Any]:
     async def client(k: int) -> None:
         stub = stubs[k % len(stubs)]
         call = stub.ServerLive if live else stub.ModelInfer
+        if job.rpc == "stream":
+            # One bidirectional ModelStreamInfer stream per client, one message in
+            # flight on it: what a unary call costs against a message on a stream.
+            stream = stub.ModelStreamInfer()
+
+            async def call(req: Any, timeout: float) -> Any:
+                await stream.write(req)
+                msg = await asyncio.wait_for(stream.read(), timeout)
+                if msg is grpc.aio.EOF or msg.error_message:
+                    raise RuntimeError(getattr(msg, "error_message", "stream ended"))
+                return msg.infer_response
+
         i = k * 7919  # spread the clients over the request set
         clock = CLOCK
         while True:
             t0 = clock()
             if t0 >= measure_to:
+                if job.rpc == "stream":
+                    await stream.done_writing()
                 return
             req = live_req if live else requests[i % n_req]
             i += 1
@@ -893,10 +907,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-uvloop", action="store_true", help="plain asyncio event loop")
     ap.add_argument(
         "--rpc",
-        choices=("infer", "live"),
+        choices=("infer", "stream", "live"),
         default="infer",
-        help="infer: ModelInfer (default); live: ServerLive, to measure the transport floor "
-        "and the generator's own ceiling",
+        help="infer: ModelInfer (default); stream: ModelStreamInfer, one stream per client; "
+        "live: ServerLive, to measure the transport floor and the generator's own ceiling",
     )
     ap.add_argument(
         "--request-kind",
@@ -921,6 +935,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rate must be > 0")
     if a.concurrency < 1 or a.duration <= 0 or a.warmup < 0 or a.rows < 1 or a.requests < 1:
         ap.error("need concurrency >= 1, duration > 0, warmup >= 0, rows >= 1, requests >= 1")
+    if open_loop and a.rpc == "stream":
+        ap.error("--rpc stream is closed loop only (one message in flight per stream)")
     matrix = a.request_kind == "matrix"
     if matrix and not a.features:
         ap.error("--request-kind matrix needs --features PATH/features.json")

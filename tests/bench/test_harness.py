@@ -160,6 +160,39 @@ def test_load_generator_against_a_real_server(tmp_path: Path) -> None:
         )
         assert open_run.returncode == 0, open_run.stdout + open_run.stderr
         assert proc.poll() is None, "the server died under open-loop load"
+
+        stream_out = tmp_path / "stream.json"
+        stream_run = subprocess.run(
+            [
+                sys.executable,
+                str(LOAD),
+                "--target",
+                f"127.0.0.1:{port}",
+                "--rpc",
+                "stream",
+                "--concurrency",
+                "2",
+                "--duration",
+                "1",
+                "--warmup",
+                "0.3",
+                "--rows",
+                "4",
+                "--requests",
+                "16",
+                "--out",
+                str(stream_out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=ROOT,
+        )
+        assert stream_run.returncode == 0, stream_run.stdout + stream_run.stderr
+        sres = json.loads(stream_out.read_text())["result"]
+        # Every reply on the streams was checked like a unary one (4 FP32 scores).
+        assert sres["requests"] > 0 and sres["errors"] == 0, sres
+        assert sres["rows_per_second"] == pytest.approx(4 * sres["throughput_rps"])
     finally:
         _stop(proc)
 
