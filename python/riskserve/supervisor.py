@@ -18,6 +18,7 @@ atomically (riskserve.routing.manager).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
@@ -73,12 +74,24 @@ def reserve_port(host: str, port: int) -> int:
         return int(s.getsockname()[1])
 
 
-def _child_main(fn: Any, *args: Any) -> None:
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM this process when the supervisor dies (even by SIGKILL), so no
+    worker is left holding the port (Linux prctl PR_SET_PDEATHSIG)."""
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed", extra={"errno": ctypes.get_errno()})
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _child_main(parent: int, fn: Any, *args: Any) -> None:
     """Runs `fn` in a forked child and never returns into the supervisor's code."""
     code = 1
     try:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        _die_with_parent(parent)
         fn(*args)
         code = 0
     except BaseException:
@@ -137,6 +150,7 @@ class Supervisor:
 
     def _fork(self, kind: str, index: int) -> _Child:
         r, w = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # child
             os.close(r)
@@ -145,8 +159,8 @@ class Supervisor:
                     os.close(c.ready_r)
             if kind == "worker":
                 ctx = WorkerContext(index, self.metrics_dir, w)
-                _child_main(_worker_main, self.worker_settings, ctx)
-            _child_main(_metrics_main, self.settings, self.metrics_dir, w)
+                _child_main(parent, _worker_main, self.worker_settings, ctx)
+            _child_main(parent, _metrics_main, self.settings, self.metrics_dir, w)
         os.close(w)
         child = _Child(kind, index, pid, r)
         self.children[pid] = child

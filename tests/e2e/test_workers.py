@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -37,6 +38,7 @@ from test_deployments import (  # the deployment tests' fixtures and helpers
     Traffic,
     base_models,
     in_process,
+    launch,
     models_copy,
     servers,
     traffic,
@@ -386,3 +388,24 @@ def test_a_killed_worker_is_replaced_and_its_counts_kept(
     )
     after = per_worker(srv, "riskserve_worker_requests_total")
     assert all(after[w] >= before[w] for w in before), (before, after)
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(
+    models_copy: Callable[[str], Path], launch_server: Callable[..., Any]
+) -> None:
+    srv = launch(launch_server, models_copy("models"), workers=WORKERS)
+    pids = [int(p) for p in srv.events("serving")[0]["workers"]]
+    srv.proc.kill()  # SIGKILL: no chance to stop its children itself
+    srv.proc.wait(10)
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie (dead, not yet reaped by init) no longer holds the port either.
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+    wait_for(lambda: all(gone(p) for p in pids), 30, "the workers to exit")
+    with socket.socket() as s:  # the port is free again
+        s.bind(("127.0.0.1", srv.port))
