@@ -36,6 +36,12 @@ class Settings:
     #: Under load, wait up to this long (seconds) for a batch to fill; an idle
     #: server never waits.
     max_batch_delay: float = 0.0
+    #: Batches of at most this many rows are scored on the event loop thread
+    #: instead of the compute pool: the hand-off to a thread costs more than
+    #: scoring a few rows (bench/README.md: +10-20 % req/s on one core), and a
+    #: batch this small blocks the loop for ~0.1-0.2 ms at most. 0 sends every
+    #: batch to the pool.
+    inline_rows: int = 8
     #: Largest batch (rows) one request may carry.
     max_request_rows: int = 10_000
     #: Largest gRPC message accepted, bytes.
@@ -110,6 +116,8 @@ class Settings:
             raise ValueError("setting port must be in 0..65535")
         if not -1 <= self.metrics_port <= 65535:
             raise ValueError("setting metrics_port must be in -1..65535 (-1 disables)")
+        if self.inline_rows < 0:
+            raise ValueError("setting inline_rows must be >= 0 (0 disables)")
         if self.state_poll_seconds < 0:
             raise ValueError("setting state_poll_seconds must be >= 0 (0 disables)")
         if self.drift_threshold <= 0:

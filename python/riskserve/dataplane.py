@@ -179,6 +179,7 @@ class DataPlane:
                 self._settings.max_batch_size,
                 self._settings.max_batch_delay,
                 self._metrics.observe_batch,
+                self._settings.inline_rows,
             )
         return b
 

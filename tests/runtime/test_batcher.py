@@ -193,3 +193,28 @@ def test_merge_columns_mixes_packed_and_listed_bytes() -> None:
     assert m["s"] == [b"a", b"bc", b"d", b""]
     both_packed = merge_columns([a, c])
     assert unpack_bytes(both_packed["s"]) == [b"a", b"bc", b""]
+
+
+def test_small_batches_run_inline_and_larger_ones_in_the_pool(model: LoadedModel) -> None:
+    rows = _rows(model, 12, 5)
+    threads: list[str] = []
+
+    def score(m: LoadedModel, columns: Mapping[str, Any]) -> np.ndarray:
+        import threading
+
+        threads.append(threading.current_thread().name)
+        return _score(m, columns)
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        with ThreadPoolExecutor(1, thread_name_prefix="pool") as pool:
+            b = Batcher(model, pool, score, max_batch_size=64, inline_rows=4)
+            lone = [await b.submit(rows[0], 1)]  # 1 row: inline
+            many = await asyncio.gather(*(b.submit(r, 1) for r in rows))  # 12 rows: pool
+            return lone, many
+
+    lone, many = asyncio.run(main())
+    assert threads == ["MainThread", "pool_0"]
+    expected = [_score(model, r) for r in rows]
+    assert lone[0] == pytest.approx(expected[0])
+    for got, want in zip(many, expected, strict=True):
+        assert got == pytest.approx(want)

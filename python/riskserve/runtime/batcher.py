@@ -81,6 +81,7 @@ class Batcher:
         max_batch_size: int,
         max_delay: float = 0.0,
         observe: BatchObserver | None = None,
+        inline_rows: int = 0,
     ) -> None:
         # Weak: the dataplane keys batchers weakly by model, and a strong reference
         # here would keep every unloaded version alive. In-flight requests hold
@@ -91,6 +92,9 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay
         self._observe = observe
+        #: Batches of at most this many rows run on the event loop itself,
+        #: skipping the hand-off to the pool (0: every batch goes to the pool).
+        self.inline_rows = inline_rows
         self._queue: collections.deque[_Pending] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         #: Rows of every batch run (bounded), for tests and diagnostics.
@@ -154,7 +158,10 @@ class Batcher:
                 self._observe(self.model, rows, [now - p.enqueued for p in batch])
             try:
                 merged = merge_columns([p.columns for p in batch])
-                probs = await loop.run_in_executor(self._pool, self._score, self.model, merged)
+                if rows <= self.inline_rows:
+                    probs = self._score(self.model, merged)
+                else:
+                    probs = await loop.run_in_executor(self._pool, self._score, self.model, merged)
                 if probs.shape != (rows,):
                     raise RuntimeError(f"model returned shape {probs.shape} for {rows} rows")
             except InvalidInput as e:
