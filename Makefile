@@ -60,6 +60,9 @@ test-rust: $(VENV)/.built
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace
+	cargo fmt --manifest-path bench/loadgen/Cargo.toml --check
+	cargo clippy --manifest-path bench/loadgen/Cargo.toml --release --all-targets -- -D warnings
+	cargo test --manifest-path bench/loadgen/Cargo.toml --release
 
 lint: $(VENV)/.built
 	$(VENV)/bin/ruff check python tests bench scripts

@@ -1,7 +1,9 @@
-"""bench/load.py against a real server: a tiny model, ~2 s of closed-loop load and a short
-open-loop sweep (2 rates x 1.5 s), sane JSON and PNGs.
+"""The load harness against a real server: bench/load.py (a tiny model, ~2 s of
+closed-loop load, a short open-loop sweep, a stream run; sane JSON and PNGs) and
+bench/loadgen, the Rust generator (built here with cargo; sane JSON, and requests
+whose deadline expires leave no error in the server's log).
 
-Self-contained: trains its own model into tmp_path and starts its own server.
+Self-contained: trains its own model and starts its own servers.
 """
 
 from __future__ import annotations
@@ -21,12 +23,18 @@ from riskserve.training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[2]
 LOAD = ROOT / "bench" / "load.py"
+MAKE_REQUESTS = ROOT / "bench" / "make_requests.py"
+LOADGEN_TOML = ROOT / "bench" / "loadgen" / "Cargo.toml"
+LOADGEN = ROOT / "bench" / "loadgen" / "target" / "release" / "loadgen"
 SPEC = ROOT / "python" / "riskserve" / "training" / "specs" / "fraud.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _start_server(models: Path) -> tuple[subprocess.Popen[str], int, list[str]]:
-    """Starts `riskserve serve --port 0`; returns it, its port and its stderr lines so far."""
+def _start_server(
+    models: Path,
+) -> tuple[subprocess.Popen[str], int, list[str], queue.Queue[str | None]]:
+    """Starts `riskserve serve --port 0`; returns it, its port, its stderr lines so far
+    and the queue the later ones arrive on (None at the end)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -69,7 +77,7 @@ def _start_server(models: Path) -> tuple[subprocess.Popen[str], int, list[str]]:
         except ValueError:
             continue
         if rec.get("event") == "serving":
-            return proc, int(rec["port"]), seen
+            return proc, int(rec["port"]), seen, lines
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -82,22 +90,26 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             proc.wait(timeout=10)
 
 
-@pytest.mark.timeout(240)
-def test_load_generator_against_a_real_server(tmp_path: Path) -> None:
-    data = tmp_path / "data.parquet"
-    run_datagen(3000, 0, data)
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("harness")
+    run_datagen(3000, 0, d / "data.parquet")
     train(
         TrainConfig(
-            data=data,
+            data=d / "data.parquet",
             target=TARGET,
             model="fraud",
-            models_dir=tmp_path / "models",
+            models_dir=d / "models",
             spec=SPEC,
             rounds=10,
         )
     )
+    return d / "models"
 
-    proc, port, _ = _start_server(tmp_path / "models")
+
+@pytest.mark.timeout(240)
+def test_load_generator_against_a_real_server(models: Path, tmp_path: Path) -> None:
+    proc, port, _, _ = _start_server(models)
     try:
         out, png = tmp_path / "load.json", tmp_path / "load.png"
         run = subprocess.run(
@@ -230,3 +242,79 @@ def test_load_generator_against_a_real_server(tmp_path: Path) -> None:
     assert "offered" in open_run.stdout and "achieved" in open_run.stdout
     assert open_png.stat().st_size > 1000
     assert open_png.read_bytes()[:8] == PNG_MAGIC
+
+
+def _loadgen(port: int, requests: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *(str(LOADGEN), "--target", f"127.0.0.1:{port}", "--requests", str(requests)),
+            *("--duration", "1.5", "--warmup", "0.3", "--out", str(out), *args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.timeout(600)
+def test_rust_load_generator_against_a_real_server(models: Path, tmp_path: Path) -> None:
+    build = subprocess.run(
+        ["cargo", "build", "--release", "--quiet", "--manifest-path", str(LOADGEN_TOML)],
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert build.returncode == 0, build.stderr
+    proc, port, _, lines = _start_server(models)
+    try:
+        reqs = {}
+        for rows in (1, 64):
+            reqs[rows] = tmp_path / f"req{rows}.bin"
+            made = subprocess.run(
+                [
+                    *(sys.executable, str(MAKE_REQUESTS), "--target", f"127.0.0.1:{port}"),
+                    *("--rows", str(rows), "--requests", "8", "--out", str(reqs[rows])),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=ROOT,
+            )
+            assert made.returncode == 0, made.stdout + made.stderr
+        ok = _loadgen(port, reqs[1], tmp_path / "ok.json", "--concurrency", "4")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        # Deadlines far below a 64-row request's service time: every one expires.
+        late = _loadgen(
+            port, reqs[64], tmp_path / "late.json", "--rows", "64", "--concurrency", "16",
+            "--timeout", "0.001",
+        )  # fmt: skip
+        assert late.returncode in (0, 1), late.stdout + late.stderr  # 1: no reply was OK
+        assert proc.poll() is None, "the server died under load"
+        # Still serving after the storm of expired deadlines.
+        after = _loadgen(port, reqs[64], tmp_path / "after.json", "--rows", "64")
+        assert after.returncode == 0, after.stdout + after.stderr
+    finally:
+        _stop(proc)
+    log = []
+    while (line := lines.get(timeout=10)) is not None:
+        log.append(line)
+
+    doc = json.loads((tmp_path / "ok.json").read_text())
+    lat = doc["latency_ms"]
+    assert doc["concurrency"] == 4 and doc["requests"] > 0 and doc["errors"] == {}
+    assert doc["req_per_s"] > 0 and doc["rows_per_s"] == pytest.approx(doc["req_per_s"])
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["p999"] <= lat["max"] < 10_000
+    assert 0 <= doc["generator_cpu_cores"] < 1.5
+    assert "req/s" in ok.stdout
+
+    late_doc = json.loads((tmp_path / "late.json").read_text())
+    assert late_doc["errors"].get("DEADLINE_EXCEEDED", 0) > 0, late_doc
+    # A reply that would come after the deadline is dropped as cancelled (nothing is
+    # sent on a call gRPC core has ended); a client whose own timer is a hair later
+    # than the deadline may see that CANCELLED before its timer fires.
+    assert set(late_doc["errors"]) <= {"DEADLINE_EXCEEDED", "CANCELLED"}, late_doc
+    after_doc = json.loads((tmp_path / "after.json").read_text())
+    assert after_doc["requests"] > 0 and after_doc["errors"] == {}
+    # An expired deadline is the client's business: no error, no traceback here.
+    bad = [ln for ln in log if '"level": "error"' in ln or "Traceback" in ln]
+    assert not bad, "".join(bad[:3])

@@ -383,20 +383,26 @@ async fn load(target: &str, payloads: Arc<[Bytes]>, cfg: &Config) -> Result<Resu
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(TE, HeaderValue::from_static("trailers"));
     headers.insert(USER_AGENT, HeaderValue::from_static("riskserve-loadgen"));
-    // grpc-timeout: at most 8 digits, in milliseconds.
-    let ms = cfg.timeout.as_millis().clamp(1, 99_999_999);
-    headers.insert("grpc-timeout", HeaderValue::try_from(format!("{ms}m"))?);
-    let call = Arc::new(Call {
-        uri,
-        headers,
-        timeout: cfg.timeout,
-    });
+    let call_with = |timeout: Duration| -> Result<Call> {
+        let mut headers = headers.clone();
+        // grpc-timeout: at most 8 digits, in milliseconds.
+        let ms = timeout.as_millis().clamp(1, 99_999_999);
+        headers.insert("grpc-timeout", HeaderValue::try_from(format!("{ms}m"))?);
+        Ok(Call {
+            uri: uri.clone(),
+            headers,
+            timeout,
+        })
+    };
+    let call = Arc::new(call_with(cfg.timeout)?);
+    // The probe checks the server and the request file, not the deadline under test.
+    let probe = call_with(cfg.timeout.max(Duration::from_secs(10)))?;
     let want = 4 * cfg.rows;
     let mut conns = Vec::with_capacity(cfg.connections);
     for _ in 0..cfg.connections {
         let mut h2 = connect(target).await?;
         // One real request per connection before the clock starts.
-        let reply = call.run(&mut h2, payloads[0].clone()).await.map_err(|f| {
+        let reply = probe.run(&mut h2, payloads[0].clone()).await.map_err(|f| {
             anyhow::anyhow!("first ModelInfer to {target} failed: {} {}", f.code, f.msg)
         })?;
         if !reply_ok(&reply, want) {

@@ -9,6 +9,7 @@ registration costs one await per call."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,8 +41,16 @@ def guarded(method: str, inner: Handler) -> Handler:
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await inner(request, context)
+            reply = await inner(request, context)
+            if _expired(context):  # scored too late: core has already ended the call
+                raise asyncio.CancelledError
+            return reply
         except RiskserveError as e:
+            if e.code is Code.DEADLINE_EXCEEDED and _expired(context):
+                # gRPC core already ended the call with DEADLINE_EXCEEDED: there is
+                # nothing left to send (an abort now would fail in core, logged
+                # as an error by grpc). A cancelled handler is what it expects.
+                raise asyncio.CancelledError from None
             await context.abort(STATUS[e.code], e.message)
         except grpc.aio.AbortError:
             raise
@@ -52,6 +61,11 @@ def guarded(method: str, inner: Handler) -> Handler:
             )
 
     return handler
+
+
+def _expired(context: grpc.aio.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 class Registrar:
