@@ -6,10 +6,14 @@
 
 (bench/run_compare.sh trains the model and creates MLServer's virtualenv first.)
 
-Each server is started on its own, pinned to core 0 (``taskset -c 0``), loaded by
-bench/load.py pinned to core 1 at each concurrency (single-row requests), then stopped
-(SIGTERM) before the next one starts. With ``--rounds 2`` the order is interleaved
-(a1 b1 c1 a2 b2 c2), so slow drifts of a shared machine hit every server alike.
+Each server is started on its own, pinned to core 0 (``taskset -c 0``), loaded by the
+generator pinned to core 1 at each concurrency (single-row requests, one connection per
+client), then stopped (SIGTERM) before the next one starts. The generator is
+bench/loadgen (Rust, ~30-60 µs of CPU per request, so even the floor server is measured
+below the generator's ceiling; ``--generator load.py`` uses bench/load.py, which costs
+~150-300 µs per request and tops out near 4,000 req/s on one core). With ``--rounds 2``
+the order is interleaved (a1 b1 c1 a2 b2 c2), so slow drifts of a shared machine hit
+every server alike.
 
 Servers:
 
@@ -55,6 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = ROOT / ".venv/bin/python"
 RISKSERVE = ROOT / ".venv/bin/riskserve"
 MLSERVER = ROOT / "bench/.venv-mlserver/bin/mlserver"
+LOADGEN = ROOT / "bench/loadgen/target/release/loadgen"
 ALL_SERVERS = ("riskserve", "floor", "mlserver", "mlserver-tuned")
 
 
@@ -195,6 +200,8 @@ def start_server(
 def run_load(
     a: argparse.Namespace, target: str, kind: str, c: int, out: Path, features: Path
 ) -> dict[str, Any]:
+    if a.generator == "loadgen":
+        return run_loadgen(a, target, kind, c, out, features)
     cmd = ["taskset", "-c", str(a.client_core), str(PY), str(ROOT / "bench/load.py")]
     cmd += ["--target", target, "--model", "fraud", "--concurrency", str(c)]
     cmd += ["--duration", str(a.duration), "--warmup", str(a.warmup), "--rows", "1"]
@@ -205,6 +212,41 @@ def run_load(
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"load.py failed ({proc.returncode}): {proc.stderr[-800:]}")
     return json.loads(out.read_text())
+
+
+def run_loadgen(
+    a: argparse.Namespace, target: str, kind: str, c: int, out: Path, features: Path
+) -> dict[str, Any]:
+    """bench/loadgen, its report mapped onto load.py's fields."""
+    reqs = out.parent / f"compare-requests-{kind}.bin"
+    if not reqs.exists():  # the same requests for every server of a kind
+        cmd = [str(PY), str(ROOT / "bench/make_requests.py"), "--target", target]
+        cmd += ["--model", "fraud", "--request-kind", kind, "--out", str(reqs)]
+        cmd += ["--features", str(features)]
+        made = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if made.returncode != 0:
+            raise RuntimeError(f"make_requests.py failed: {made.stderr[-800:]}")
+    cmd = ["taskset", "-c", str(a.client_core), str(LOADGEN), "--target", target]
+    cmd += ["--requests", str(reqs), "--concurrency", str(c), "--connections", str(c)]
+    cmd += ["--duration", str(a.duration), "--warmup", str(a.warmup), "--out", str(out)]
+    if kind == "matrix":
+        cmd += ["--any-output"]  # MLServer answers FP64 typed contents
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"loadgen failed ({proc.returncode}): {proc.stderr[-800:]}")
+    doc = json.loads(out.read_text())
+    errors = doc["errors"]
+    return {
+        "config": {"request_bytes": doc["request_bytes_mean"], "generator": "loadgen"},
+        "result": {
+            "requests": doc["requests"],
+            "errors": sum(errors.values()),
+            "errors_by_code": errors,
+            "throughput_rps": doc["req_per_s"],
+            "latency_ms": {**doc["latency_ms"], "p99.9": doc["latency_ms"]["p999"]},
+            "generator_cpu": {"cores": doc["generator_cpu_cores"]},
+        },
+    }
 
 
 def med(xs: list[float]) -> float | None:
@@ -306,10 +348,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=18400, help="base port; each server gets +10")
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--client-core", type=int, default=1)
+    ap.add_argument("--generator", choices=("loadgen", "load.py"), default="loadgen")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/compare.json")
     a = ap.parse_args(argv)
 
     a.out = a.out.resolve()
+    if a.generator == "loadgen":
+        build = ["cargo", "build", "--release", "--quiet", "--manifest-path"]
+        subprocess.run([*build, str(ROOT / "bench/loadgen/Cargo.toml")], check=True)
+        for stale in a.out.parent.glob("compare-requests-*.bin"):  # made anew per run
+            stale.unlink()
     results = a.out.parent
     results.mkdir(parents=True, exist_ok=True)
     vdir = model_dir(a.models, "fraud")
@@ -396,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows_per_request": 1,
             "server_core": a.server_core,
             "client_core": a.client_core,
+            "generator": a.generator,
             "model_dir": rel(vdir),
             "requests": {
                 "riskserve": "raw fields: one input per raw column (35), raw_input_contents",

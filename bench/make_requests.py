@@ -2,11 +2,14 @@
 
     .venv/bin/python bench/make_requests.py --target HOST:PORT --out FILE [--model fraud]
         [--rows R] [--requests N] [--seed S] [--model-version V]
+        [--request-kind raw-fields|matrix --features features.json]
 
 Asks the server for the model's metadata (inputs and datatypes), then builds N distinct
 requests of R datagen rows each, exactly as bench/load.py does (its fetch_metadata and
 build_payloads), and writes each one as a little-endian u32 length followed by the
-message's SerializeToString() bytes.
+message's SerializeToString() bytes. ``--request-kind matrix`` builds load.py's matrix
+requests instead (one FP32 [rows, n_features] input, transformed up front with
+FeaturePipeline(--features); for MLServer) and needs no server.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import build_payloads, fetch_metadata  # bench/load.py
+from load import build_matrix_payloads, build_payloads, fetch_metadata  # bench/load.py
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,14 +34,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=11, help="datagen seed (bench/load.py's default)")
     ap.add_argument("--wait", type=float, default=30.0, help="seconds to wait for readiness")
     ap.add_argument("--out", required=True, help="the request file to write")
+    ap.add_argument("--request-kind", choices=("raw-fields", "matrix"), default="raw-fields")
+    ap.add_argument("--features", type=Path, help="features.json, for --request-kind matrix")
     a = ap.parse_args(argv)
     if a.rows < 1 or a.requests < 1:
         ap.error("--rows and --requests must be at least 1")
 
-    md = fetch_metadata(a.target, a.model, a.wait, a.model_version)
-    payloads = build_payloads(
-        a.model, md["datatypes"], a.rows, a.requests, a.seed, version=a.model_version
-    )
+    if a.request_kind == "matrix":
+        if a.features is None:
+            ap.error("--request-kind matrix needs --features PATH/features.json")
+        payloads = build_matrix_payloads(
+            a.model, a.features, a.rows, a.requests, a.seed, a.model_version
+        )
+        inputs = "one FP32 matrix input"
+    else:
+        md = fetch_metadata(a.target, a.model, a.wait, a.model_version)
+        payloads = build_payloads(
+            a.model, md["datatypes"], a.rows, a.requests, a.seed, version=a.model_version
+        )
+        inputs = f"{len(md['datatypes'])} inputs"
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("wb") as f:
@@ -48,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     mean = sum(map(len, payloads)) / len(payloads)
     print(
         f"wrote {out}: {len(payloads)} requests of {a.rows} row(s) for model {a.model!r} "
-        f"({len(md['datatypes'])} inputs, {mean:.0f} bytes each on average)"
+        f"({inputs}, {mean:.0f} bytes each on average)"
     )
     return 0
 

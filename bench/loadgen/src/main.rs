@@ -75,6 +75,10 @@ struct Args {
     /// Write the report as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Accept any reply with an output tensor (e.g. MLServer's FP64 typed contents),
+    /// instead of a raw FP32 output of 4 x rows bytes.
+    #[arg(long)]
+    any_output: bool,
 }
 
 fn main() -> ExitCode {
@@ -115,6 +119,7 @@ fn run() -> Result<ExitCode> {
         concurrency: args.concurrency as usize,
         connections: args.connections.unwrap_or(args.concurrency.min(4)) as usize,
         rows: args.rows as usize,
+        any_output: args.any_output,
         warmup,
         duration,
         timeout,
@@ -178,8 +183,9 @@ fn varint(p: &mut &[u8]) -> Option<u64> {
     None
 }
 
-/// A well-formed ModelInferResponse with a raw_output_contents (field 6) of `want` bytes.
-fn reply_ok(msg: &[u8], want: usize) -> bool {
+/// A well-formed ModelInferResponse with a raw_output_contents (field 6) of `want`
+/// bytes, or (`want` None) with at least one output tensor (field 5), raw or typed.
+fn reply_ok(msg: &[u8], want: Option<usize>) -> bool {
     let mut p = msg;
     let mut found = false;
     while !p.is_empty() {
@@ -195,7 +201,10 @@ fn reply_ok(msg: &[u8], want: usize) -> bool {
             5 => 4,
             2 => match varint(&mut p).and_then(|n| usize::try_from(n).ok()) {
                 Some(n) => {
-                    found |= key >> 3 == 6 && n == want;
+                    found |= match want {
+                        Some(w) => key >> 3 == 6 && n == w,
+                        None => key >> 3 == 5,
+                    };
                     n
                 }
                 None => return false,
@@ -357,6 +366,7 @@ struct Config {
     concurrency: usize,
     connections: usize,
     rows: usize,
+    any_output: bool,
     warmup: Duration,
     duration: Duration,
     timeout: Duration,
@@ -397,7 +407,7 @@ async fn load(target: &str, payloads: Arc<[Bytes]>, cfg: &Config) -> Result<Resu
     let call = Arc::new(call_with(cfg.timeout)?);
     // The probe checks the server and the request file, not the deadline under test.
     let probe = call_with(cfg.timeout.max(Duration::from_secs(10)))?;
-    let want = 4 * cfg.rows;
+    let want = (!cfg.any_output).then_some(4 * cfg.rows);
     let mut conns = Vec::with_capacity(cfg.connections);
     for _ in 0..cfg.connections {
         let mut h2 = connect(target).await?;
@@ -407,9 +417,11 @@ async fn load(target: &str, payloads: Arc<[Bytes]>, cfg: &Config) -> Result<Resu
         })?;
         if !reply_ok(&reply, want) {
             bail!(
-                "first ModelInfer reply from {target} ({} bytes) has no raw output of {want} bytes \
-                 (is --rows {} right?)",
+                "first ModelInfer reply from {target} ({} bytes) has no {} (is --rows {} right?)",
                 reply.len(),
+                want.map_or("output tensor".into(), |w| format!(
+                    "raw output of {w} bytes"
+                )),
                 cfg.rows
             );
         }
@@ -585,11 +597,16 @@ mod tests {
     fn reply_check() {
         // field 1 (string "m"), field 6 (4 bytes), field 7 varint
         let good = [0x0a, 1, b'm', 0x32, 4, 0, 0, 0, 0, 0x38, 0x96, 0x01];
-        assert!(reply_ok(&good, 4));
-        assert!(!reply_ok(&good, 8));
-        assert!(!reply_ok(&good[..7], 4)); // truncated
-        assert!(!reply_ok(&[], 4));
-        assert!(!reply_ok(&[0x0a, 1, b'm'], 4)); // no output
+        assert!(reply_ok(&good, Some(4)));
+        assert!(!reply_ok(&good, Some(8)));
+        assert!(!reply_ok(&good[..7], Some(4))); // truncated
+        assert!(!reply_ok(&[], Some(4)));
+        assert!(!reply_ok(&[0x0a, 1, b'm'], Some(4))); // no output
+        // field 5 (an output tensor message of 2 bytes): typed contents are accepted
+        let typed = [0x0a, 1, b'm', 0x2a, 2, 0x0a, 0];
+        assert!(reply_ok(&typed, None));
+        assert!(!reply_ok(&typed, Some(4)));
+        assert!(!reply_ok(&[0x0a, 1, b'm'], None));
     }
 
     #[test]
