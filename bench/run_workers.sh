@@ -9,6 +9,8 @@
 #   DURATION=15 WARMUP=3 ROWS=1 ROUNDS=2 WORKERS="1 2" REQUESTS=256 (distinct requests)
 #   SERVER_CORES / CLIENT_CORES: `taskset -c` core lists for the server / the generator
 #   (unset: nothing pinned; the generator shares the cores and its CPU use is reported).
+#   SERVER_CORES_W<W>: the server's cores when it runs W workers, e.g. SERVER_CORES_W1=0
+#   SERVER_CORES_W2=0,1: one worker on one core against two workers on two cores.
 #   RETRAIN=1 retrains the model even if bench/results/models/fraud exists.
 #   ROWS=64: 64-row requests (then rows/s is the figure to read).
 #
@@ -128,7 +130,9 @@ trap stop_server EXIT INT TERM
 # (logged once every worker listens: before that, connections all go to the first one).
 start_server() {
     local w=$1 log=$2
-    "${SERVER_PIN[@]}" "$RISKSERVE" serve --models "$MODELS" --host 127.0.0.1 --port "$PORT" \
+    local pin=("${SERVER_PIN[@]}") per="SERVER_CORES_W$w"
+    if [ -n "${!per:-}" ]; then pin=(taskset -c "${!per}"); fi
+    "${pin[@]}" "$RISKSERVE" serve --models "$MODELS" --host 127.0.0.1 --port "$PORT" \
         --metrics-port "$METRICS_PORT" --workers "$w" >"$log" 2>&1 &
     SERVER_PID=$!
     # Poll ServerReady until it answers ready=true (or the server exits / 60 s pass).
@@ -170,7 +174,9 @@ for R in $(seq "$ROUNDS"); do
     for W in $WORKERS; do
         OUT=$RESULTS/$NAME-w$W-r$R.json
         LOG=$RESULTS/$NAME-w$W-r$R.log
-        echo "== round $R: serve --workers $W on 127.0.0.1:$PORT${SERVER_CORES:+ (cores $SERVER_CORES)}, log $LOG"
+        PER=SERVER_CORES_W$W
+        CORES=${!PER:-${SERVER_CORES:-}}
+        echo "== round $R: serve --workers $W on 127.0.0.1:$PORT${CORES:+ (cores $CORES)}, log $LOG"
         start_server "$W" "$LOG"
         if [ ! -f "$REQFILE" ]; then
             "$PY" bench/make_requests.py --target "127.0.0.1:$PORT" --model fraud --rows "$ROWS" \
