@@ -27,6 +27,7 @@ from riskserve.registry import ModelRepository
 from riskserve.routing import RoutingTable
 from riskserve.routing.guard import CanaryGuard
 from riskserve.routing.manager import DeploymentManager
+from riskserve.runtime.compiled import Compiler
 from riskserve.transport.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from riskserve.transport.admin import AdminServicer
 from riskserve.transport.auth import AdminAuth, load_token
@@ -126,6 +127,16 @@ class Server:
             self._tasks.append(asyncio.create_task(self.guard.run()))
         if self.settings.state_poll_seconds > 0:
             self._tasks.append(asyncio.create_task(self.manager.watch()))
+        if self.settings.lightgbm_compile:
+            compiler = Compiler(
+                self.settings.compile_cache_dir.expanduser(),
+                lambda: [
+                    m
+                    for d in self.dataplane.table.deployments.values()
+                    for m in d.versions.values()
+                ],
+            )
+            self._tasks.append(asyncio.create_task(compiler.run()))
         await self.grpc.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -45,13 +45,17 @@ class LightGBMRuntime:
                 f"{model_file}: model expects {self._booster.num_feature()} features, "
                 f"the feature spec produces {n_features}"
             )
-        self._n_features = n_features
+        self._n_features = self.n_features = n_features
         # LightGBM's C API directly: Booster.predict spends ~50 µs per call in
         # Python checks that a float32 C-contiguous matrix does not need. The
         # served scores are tested equal to Booster.predict (≤ 1e-6).
         self._lib = lgb_basic._LIB  # type: ignore[attr-defined]
         self._check = lgb_basic._safe_call
         self._params = ctypes.c_char_p(b"num_threads=1")
+
+    def model_text(self) -> bytes:
+        """The model as LightGBM holds it (model.txt format)."""
+        return str(self._booster.model_to_string()).encode()
 
     def predict(self, features: FloatMatrix) -> Scores:
         x = np.ascontiguousarray(features, dtype=np.float32)
