@@ -15,6 +15,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+source bench/common.sh
 RISKSERVE=.venv/bin/riskserve
 RESULTS=bench/results
 MODELS=$RESULTS/models
@@ -30,18 +32,7 @@ COMPARE_ARGS=${COMPARE_ARGS:-}
 
 mkdir -p "$RESULTS"
 
-if [ "${RETRAIN:-0}" = 1 ]; then
-    rm -rf "$MODELS"
-fi
-if [ ! -d "$MODELS/fraud" ]; then
-    if [ ! -f "$DATA" ]; then
-        echo "== datagen 50000 rows -> $DATA"
-        "$RISKSERVE" datagen --rows 50000 --seed 0 --out "$DATA"
-    fi
-    echo "== train fraud (fraud spec, 300 rounds) -> $MODELS"
-    "$RISKSERVE" train --data "$DATA" --target is_fraud --model fraud --models "$MODELS" \
-        --spec python/riskserve/training/specs/fraud.json --rounds 300 --seed 0
-fi
+ensure_bench_model
 
 case " $SERVERS " in
 *" mlserver"*)

@@ -19,6 +19,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+source bench/common.sh
 PY=.venv/bin/python
 RISKSERVE=.venv/bin/riskserve
 RESULTS=bench/results
@@ -37,19 +39,7 @@ NAME=${NAME:-load}
 
 mkdir -p "$RESULTS"
 
-if [ "${RETRAIN:-0}" = 1 ]; then
-    rm -rf "$MODELS"
-fi
-
-if [ ! -d "$MODELS/fraud" ]; then
-    if [ ! -f "$DATA" ]; then
-        echo "== datagen 50000 rows -> $DATA"
-        "$RISKSERVE" datagen --rows 50000 --seed 0 --out "$DATA"
-    fi
-    echo "== train fraud (fraud spec, 300 rounds) -> $MODELS"
-    "$RISKSERVE" train --data "$DATA" --target is_fraud --model fraud --models "$MODELS" \
-        --spec python/riskserve/training/specs/fraud.json --rounds 300 --seed 0
-fi
+ensure_bench_model
 
 SERVER_LOG=$RESULTS/server.log
 echo "== serve $MODELS on 127.0.0.1:$PORT (core $SERVER_CORE), log $SERVER_LOG"
@@ -66,32 +56,7 @@ stop_server() {
 }
 trap stop_server EXIT INT TERM
 
-# Poll ServerReady until it answers ready=true (or the server exits / 60 s pass).
-"$PY" - "$PORT" "$SERVER_PID" <<'EOF'
-import os, sys, time
-import grpc
-from riskserve.pb.inference import grpc_service_pb2 as pb
-from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
-
-port, pid = sys.argv[1], int(sys.argv[2])
-deadline = time.monotonic() + 60
-with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-    stub = pb_grpc.GRPCInferenceServiceStub(ch)
-    while True:
-        try:
-            if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
-                break
-        except grpc.RpcError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            sys.exit("server exited before it was ready; see bench/results/server.log")
-        if time.monotonic() > deadline:
-            sys.exit("server not ready after 60 s")
-        time.sleep(0.2)
-print("server ready")
-EOF
+wait_ready "$PORT" "$SERVER_PID" "$SERVER_LOG"
 
 # Server CPU seconds (user + system, all threads) from /proc.
 server_cpu() {

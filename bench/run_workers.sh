@@ -30,6 +30,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+source bench/common.sh
 PY=.venv/bin/python
 RISKSERVE=.venv/bin/riskserve
 LOADGEN=bench/loadgen/target/release/loadgen
@@ -62,18 +64,7 @@ mkdir -p "$RESULTS"
 echo "== build bench/loadgen"
 cargo build --release --quiet --manifest-path bench/loadgen/Cargo.toml
 
-if [ "${RETRAIN:-0}" = 1 ]; then
-    rm -rf "$MODELS"
-fi
-if [ ! -d "$MODELS/fraud" ]; then
-    if [ ! -f "$DATA" ]; then
-        echo "== datagen 50000 rows -> $DATA"
-        "$RISKSERVE" datagen --rows 50000 --seed 0 --out "$DATA"
-    fi
-    echo "== train fraud (fraud spec, 300 rounds) -> $MODELS"
-    "$RISKSERVE" train --data "$DATA" --target is_fraud --model fraud --models "$MODELS" \
-        --spec python/riskserve/training/specs/fraud.json --rounds 300 --seed 0
-fi
+ensure_bench_model
 
 SERVER_PID=
 # The server's process and all its descendants (the workers are children of `serve`).
@@ -135,36 +126,7 @@ start_server() {
     "${pin[@]}" "$RISKSERVE" serve --models "$MODELS" --host 127.0.0.1 --port "$PORT" \
         --metrics-port "$METRICS_PORT" --workers "$w" >"$log" 2>&1 &
     SERVER_PID=$!
-    # Poll ServerReady until it answers ready=true (or the server exits / 60 s pass).
-    "$PY" - "$PORT" "$SERVER_PID" "$log" <<'EOF'
-import os, sys, time
-import grpc
-from riskserve.pb.inference import grpc_service_pb2 as pb
-from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
-
-port, pid, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-deadline = time.monotonic() + 60
-with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-    stub = pb_grpc.GRPCInferenceServiceStub(ch)
-    while True:
-        try:
-            if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
-                break
-        except grpc.RpcError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            sys.exit(f"server exited before it was ready; see {log}")
-        if time.monotonic() > deadline:
-            sys.exit("server not ready after 60 s")
-        time.sleep(0.2)
-while '"serving"' not in open(log).read():
-    if time.monotonic() > deadline:
-        print(f"!! no 'serving' event in {log} after 60 s; going on", file=sys.stderr)
-        break
-    time.sleep(0.2)
-EOF
+    wait_ready "$PORT" "$SERVER_PID" "$log"
 }
 
 REQFILE=$RESULTS/$NAME-requests.bin
