@@ -284,6 +284,10 @@ def test_rust_load_generator_against_a_real_server(models: Path, tmp_path: Path)
             assert made.returncode == 0, made.stdout + made.stderr
         ok = _loadgen(port, reqs[1], tmp_path / "ok.json", "--concurrency", "4")
         assert ok.returncode == 0, ok.stdout + ok.stderr
+        opened = _loadgen(
+            port, reqs[1], tmp_path / "open.json", "--rate", "200", "--concurrency", "100"
+        )
+        assert opened.returncode == 0, opened.stdout + opened.stderr
         # Deadlines far below a 64-row request's service time: every one expires.
         late = _loadgen(
             port, reqs[64], tmp_path / "late.json", "--rows", "64", "--concurrency", "16",
@@ -313,6 +317,15 @@ def test_rust_load_generator_against_a_real_server(models: Path, tmp_path: Path)
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["p999"] <= lat["max"] < 10_000
     assert 0 <= doc["generator_cpu_cores"] < 1.5
     assert "req/s" in ok.stdout
+
+    # Open loop: every request scheduled in the 1.5 s window was sent on time and answered.
+    odoc = json.loads((tmp_path / "open.json").read_text())
+    assert odoc["mode"] == "open" and odoc["offered_rps"] == 200
+    assert abs(odoc["requests"] - 300) <= 1 and odoc["errors"] == {} and odoc["dropped"] == 0
+    assert 0 <= odoc["send_lag_ms"]["p50"] <= odoc["send_lag_ms"]["p99"] < 50
+    olat = odoc["latency_ms"]
+    assert 0 < olat["p50"] <= olat["p95"] <= olat["p99"] <= olat["max"] < 10_000
+    assert doc["mode"] == "closed" and doc["dropped"] == 0
 
     late_doc = json.loads((tmp_path / "late.json").read_text())
     assert late_doc["errors"].get("DEADLINE_EXCEEDED", 0) > 0, late_doc

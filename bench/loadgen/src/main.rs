@@ -75,6 +75,11 @@ struct Args {
     /// Write the report as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Open loop: send at this constant rate (requests/s) whatever the replies do;
+    /// latency then runs from each request's scheduled send time, and --concurrency
+    /// caps the requests in flight (one due beyond the cap is counted as dropped).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Accept any reply with an output tensor (e.g. MLServer's FP64 typed contents),
     /// instead of a raw FP32 output of 4 x rows bytes.
     #[arg(long)]
@@ -115,7 +120,13 @@ fn run() -> Result<ExitCode> {
             .build()
     }
     .context("cannot start the tokio runtime")?;
+    if let Some(r) = args.rate
+        && !(r.is_finite() && r > 0.0)
+    {
+        bail!("--rate must be > 0 requests/s (got {r})");
+    }
     let cfg = Config {
+        rate: args.rate,
         concurrency: args.concurrency as usize,
         connections: args.connections.unwrap_or(args.concurrency.min(4)) as usize,
         rows: args.rows as usize,
@@ -363,6 +374,7 @@ async fn connect(target: &str) -> Result<SendRequest<Bytes>> {
 }
 
 struct Config {
+    rate: Option<f64>,
     concurrency: usize,
     connections: usize,
     rows: usize,
@@ -381,6 +393,10 @@ struct Tally {
 struct Results {
     lat_us: Vec<u32>, // sorted
     errors: BTreeMap<&'static str, u64>,
+    /// Open loop: requests due while --concurrency were in flight, not sent.
+    dropped: u64,
+    /// Open loop: how late sends left against their schedule, sorted µs.
+    lag_us: Vec<u32>,
     cpu_seconds: f64,
     cpu_wall: f64,
 }
@@ -438,6 +454,38 @@ async fn load(target: &str, payloads: Arc<[Bytes]>, cfg: &Config) -> Result<Resu
         let (t1, c1) = (Instant::now(), cpu_seconds());
         (c1 - c0, (t1 - t0).as_secs_f64())
     });
+    let (mut lat_us, errors, dropped, mut lag_us) = match cfg.rate {
+        Some(rate) => open_loop(&conns, payloads, call, want, rate, cfg, start, from, to).await?,
+        None => {
+            let (lat, err) = closed_loop(&conns, payloads, call, want, cfg, from, to).await?;
+            (lat, err, 0, Vec::new())
+        }
+    };
+    let (cpu_seconds, cpu_wall) = cpu.await.context("the CPU sampler failed")?;
+    lat_us.sort_unstable();
+    lag_us.sort_unstable();
+    Ok(Results {
+        lat_us,
+        errors,
+        dropped,
+        lag_us,
+        cpu_seconds,
+        cpu_wall,
+    })
+}
+
+type Errors = BTreeMap<&'static str, u64>;
+
+/// C clients, each with one request in flight: send, wait for the reply, send the next.
+async fn closed_loop(
+    conns: &[SendRequest<Bytes>],
+    payloads: Arc<[Bytes]>,
+    call: Arc<Call>,
+    want: Option<usize>,
+    cfg: &Config,
+    from: Instant,
+    to: Instant,
+) -> Result<(Vec<u32>, Errors)> {
     let clients: Vec<_> = (0..cfg.concurrency)
         .map(|k| {
             let mut h2 = conns[k % conns.len()].clone();
@@ -485,14 +533,88 @@ async fn load(target: &str, payloads: Arc<[Bytes]>, cfg: &Config) -> Result<Resu
             *errors.entry(code).or_default() += n;
         }
     }
-    let (cpu_seconds, cpu_wall) = cpu.await.context("the CPU sampler failed")?;
-    lat_us.sort_unstable();
-    Ok(Results {
-        lat_us,
-        errors,
-        cpu_seconds,
-        cpu_wall,
-    })
+    Ok((lat_us, errors))
+}
+
+/// Requests sent at start + i / rate, whatever the replies do; latency from the
+/// scheduled time (no coordinated omission); at most `cfg.concurrency` in flight.
+#[allow(clippy::too_many_arguments)]
+async fn open_loop(
+    conns: &[SendRequest<Bytes>],
+    payloads: Arc<[Bytes]>,
+    call: Arc<Call>,
+    want: Option<usize>,
+    rate: f64,
+    cfg: &Config,
+    start: Instant,
+    from: Instant,
+    to: Instant,
+) -> Result<(Vec<u32>, Errors, u64, Vec<u32>)> {
+    let inflight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (tx, mut rx) =
+        tokio::sync::mpsc::unbounded_channel::<(Instant, Instant, Option<&'static str>)>();
+    let conns: Vec<SendRequest<Bytes>> = conns.to_vec();
+    let cap = cfg.concurrency;
+    let handle = tokio::runtime::Handle::current();
+    // The schedule is kept by an OS thread: tokio's timer ticks in whole
+    // milliseconds, and spinning instead would steal from the server when the two
+    // vCPUs are hyperthreads of one core. A thread sleep wakes within ~60 µs.
+    let scheduler = tokio::task::spawn_blocking(move || {
+        let (mut dropped, mut lag_us) = (0u64, Vec::new());
+        let mut i: u64 = 0;
+        loop {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            if due >= to {
+                break;
+            }
+            let now = Instant::now();
+            if now < due {
+                std::thread::sleep(due - now);
+            }
+            let counted = due >= from;
+            if inflight.load(std::sync::atomic::Ordering::Relaxed) >= cap {
+                if counted {
+                    dropped += 1;
+                }
+                i += 1;
+                continue;
+            }
+            if counted {
+                let lag = Instant::now().saturating_duration_since(due).as_micros();
+                lag_us.push(u32::try_from(lag).unwrap_or(u32::MAX));
+            }
+            inflight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut h2 = conns[i as usize % conns.len()].clone();
+            let body = payloads[i as usize % payloads.len()].clone();
+            let (call, tx, inflight) = (call.clone(), tx.clone(), inflight.clone());
+            handle.spawn(async move {
+                let failed = match call.run(&mut h2, body).await {
+                    Ok(reply) if reply_ok(&reply, want) => None,
+                    Ok(_) => Some("bad_reply"),
+                    Err(f) => Some(f.code),
+                };
+                inflight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = tx.send((due, Instant::now(), failed));
+            });
+            i += 1;
+        }
+        (dropped, lag_us)
+    });
+    let (dropped, lag_us) = scheduler.await.context("the open-loop scheduler failed")?;
+    let (mut lat_us, mut errors) = (Vec::new(), Errors::new());
+    while let Some((due, done, failed)) = rx.recv().await {
+        if !(from..to).contains(&due) {
+            continue;
+        }
+        match failed {
+            None => {
+                let us = done.saturating_duration_since(due).as_micros();
+                lat_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+            }
+            Some(code) => *errors.entry(code).or_default() += 1,
+        }
+    }
+    Ok((lat_us, errors, dropped, lag_us))
 }
 
 /// User + system CPU seconds of this process (all threads).
@@ -543,6 +665,12 @@ fn report(args: &Args, cfg: &Config, payloads: &[Bytes], res: &Results) -> serde
             "max": res.lat_us.last().map(|&us| f64::from(us) / 1e3),
         },
         "errors": res.errors,
+        "mode": if cfg.rate.is_some() { "open" } else { "closed" },
+        "offered_rps": cfg.rate,
+        "dropped": res.dropped,
+        "send_lag_ms": {
+            "p50": pct_ms(&res.lag_us, 50.0), "p99": pct_ms(&res.lag_us, 99.0),
+        },
         "generator_cpu_seconds": res.cpu_seconds,
         "generator_cpu_cores": if res.cpu_wall > 0.0 { res.cpu_seconds / res.cpu_wall } else { 0.0 },
     })
@@ -583,6 +711,16 @@ fn print_table(args: &Args, cfg: &Config, distinct: usize, doc: &serde_json::Val
         errors,
         100.0 * doc["generator_cpu_cores"].as_f64().unwrap_or(0.0),
     );
+    if let Some(rate) = cfg.rate {
+        println!(
+            "open loop: offered {rate:.1} req/s, latency from each request's scheduled time; \
+             dropped (cap {} in flight) {}, send lag p50 {} p99 {} ms",
+            cfg.concurrency,
+            doc["dropped"],
+            f(&doc["send_lag_ms"]["p50"]),
+            f(&doc["send_lag_ms"]["p99"]),
+        );
+    }
     if let Some(m) = doc["errors"].as_object().filter(|m| !m.is_empty()) {
         let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("errors by status: {}", parts.join(", "));
