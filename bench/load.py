@@ -43,6 +43,7 @@ import multiprocessing as mp
 import os
 import platform
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -750,6 +751,8 @@ def plot(doc: dict[str, Any], ends: np.ndarray, lats: np.ndarray, path: Path) ->
             color="tab:gray",
             label="requests" + (f" (1 in {step})" if step > 1 else ""),
         )
+    for k, w in enumerate(res.get("swaps", [])):
+        ax1.axvline(w["t"], color="tab:green", alpha=0.4, label="hot swap" if k == 0 else None)
     tl = [t for t in res["timeline"] if t["requests"]]
     secs = [t["second"] + 0.5 for t in tl]
     ax1.plot(secs, [t["p50_ms"] for t in tl], "o-", color="tab:blue", label="p50 per second")
@@ -861,6 +864,84 @@ def _rates(text: str) -> list[float]:
     return rates
 
 
+class Swapper:
+    """The hot-swap scenario: a thread that, every `--swap-every` seconds of the
+    measured window, promotes the other of two versions (a routing-table swap that
+    in-flight requests must survive) and records when each change was made."""
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        import grpc
+
+        from riskserve.pb.riskserve.admin.v1 import admin_pb2 as apb
+        from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc as agrpc
+
+        self.apb, self.every, self.model = apb, a.swap_every, a.model
+        token = os.environ.get("RISKSERVE_ADMIN_TOKEN", "")
+        if not token:
+            raise SystemExit("--swap-every needs RISKSERVE_ADMIN_TOKEN (the server's token)")
+        self.md = (("authorization", f"Bearer {token}"), ("x-actor", "bench/load.py"))
+        self.channel = grpc.insecure_channel(a.target)
+        self.stub = agrpc.ModelAdminStub(self.channel)
+        self.versions = [int(v) for v in a.swap_versions.split(",")]
+        if len(self.versions) != 2:
+            raise SystemExit("--swap-versions needs two versions, e.g. 1,2")
+        for v in self.versions:  # both loaded, the first live
+            self.stub.LoadVersion(
+                apb.LoadVersionRequest(model=a.model, version=v), metadata=self.md, timeout=120
+            )
+        self._promote(self.versions[0])
+        self.events: list[dict[str, Any]] = []
+        self.thread: threading.Thread | None = None
+
+    def _promote(self, v: int) -> int:
+        req = self.apb.PromoteRequest(model=self.model, version=v, reason="bench hot swap")
+        return int(self.stub.Promote(req, metadata=self.md, timeout=30).revision)
+
+    def start(self, begin: float, duration: float) -> None:
+        def run() -> None:
+            k = 1
+            while True:
+                at = begin + k * self.every
+                if at >= begin + duration:
+                    return
+                time.sleep(max(0.0, at - CLOCK()))
+                v = self.versions[k % 2]
+                t = CLOCK()
+                rev = self._promote(v)
+                self.events.append(
+                    {"t": t, "op": f"promote v{v}", "revision": rev, "seconds": CLOCK() - t}
+                )
+                k += 1
+
+        self.thread = threading.Thread(target=run, name="swapper", daemon=True)
+        self.thread.start()
+
+    def finish(self, t0: float) -> list[dict[str, Any]]:
+        if self.thread is not None:
+            self.thread.join(60)
+        self.channel.close()
+        return [{**e, "t": e["t"] - t0} for e in self.events]
+
+
+def around_swaps(ends: np.ndarray, lats: np.ndarray, swaps: list[float]) -> dict[str, Any]:
+    """Latency of requests that completed within 1 s after a swap vs all the others."""
+    near = np.zeros(ends.shape, dtype=bool)
+    for t in swaps:
+        near |= (ends >= t) & (ends < t + 1.0)
+
+    def stats(x: np.ndarray) -> dict[str, Any]:
+        if not x.size:
+            return {"requests": 0, "p50": None, "p99": None, "max": None}
+        return {
+            "requests": int(x.size),
+            "p50": float(np.percentile(x, 50)),
+            "p99": float(np.percentile(x, 99)),
+            "max": float(x.max()),
+        }
+
+    return {"within_1s_after_a_swap": stats(lats[near]), "other": stats(lats[~near])}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", required=True, help="HOST:PORT of the gRPC server")
@@ -923,6 +1004,15 @@ def main(argv: list[str] | None = None) -> int:
         "--features", help="features.json of the model (needed with --request-kind matrix)"
     )
     ap.add_argument("--model-version", default="", help="model_version to request (default any)")
+    ap.add_argument(
+        "--swap-every",
+        type=float,
+        default=0.0,
+        help="hot-swap scenario (closed loop): every S seconds of the measured window, "
+        "promote the other of --swap-versions through the admin API (token from "
+        "RISKSERVE_ADMIN_TOKEN)",
+    )
+    ap.add_argument("--swap-versions", default="1,2", help="the two versions to swap between")
     ap.add_argument("--out", help="write the report as JSON here")
     ap.add_argument("--png", help="write a latency plot here")
     a = ap.parse_args(argv)
@@ -937,6 +1027,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("need concurrency >= 1, duration > 0, warmup >= 0, rows >= 1, requests >= 1")
     if open_loop and a.rpc == "stream":
         ap.error("--rpc stream is closed loop only (one message in flight per stream)")
+    if a.swap_every < 0 or (a.swap_every > 0 and open_loop):
+        ap.error("--swap-every S needs S > 0 and the closed loop")
     matrix = a.request_kind == "matrix"
     if matrix and not a.features:
         ap.error("--request-kind matrix needs --features PATH/features.json")
@@ -953,6 +1045,9 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     if open_loop:
         return _main_open(a, md, payloads, matrix, started)
+    swapper = Swapper(a) if a.swap_every > 0 else None
+    if swapper is not None:
+        swapper.start(CLOCK() + 0.05 + a.warmup, a.duration)
     samples, t0, t1 = run_load(
         a.target,
         payloads,
@@ -969,6 +1064,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     res = summarize(samples, t0, t1, a.rows, a.duration)
     ends, lats = res.pop("_ends"), res.pop("_lats")
+    if swapper is not None:
+        res["swaps"] = swapper.finish(t0)
+        res["around_swaps"] = around_swaps(ends, lats, [w["t"] for w in res["swaps"]])
     doc = {
         "benchmark": "load",
         "date": started.isoformat(timespec="seconds"),
@@ -1000,6 +1098,16 @@ def main(argv: list[str] | None = None) -> int:
         "result": res,
     }
     print_table(doc)
+    if "swaps" in res:
+        around = res["around_swaps"]
+
+        def line(x: dict[str, Any]) -> str:
+            return f"{x['requests']} requests, p50 {x['p50'] or 0:.2f} p99 {x['p99'] or 0:.2f} ms"
+
+        print(
+            f"hot swaps: {len(res['swaps'])} promotions; within 1 s after one: "
+            f"{line(around['within_1s_after_a_swap'])}; other: {line(around['other'])}"
+        )
     if a.out:
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)

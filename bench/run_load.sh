@@ -8,6 +8,10 @@
 #   RETRAIN=1 retrains the model even if bench/results/models/fraud exists.
 #   NAME=load: output files are bench/results/$NAME-c<C>.{json,png}. E.g. the transport floor:
 #   NAME=live LOAD_ARGS="--rpc live" bench/run_load.sh
+#   SWAP=1: the hot-swap scenario: serves bench/results/models-swap (version 1 of the bench
+#   model plus a version 2 trained with another seed, fresh deployment state) with an admin
+#   token, and passes --swap-every ${SWAP_EVERY:-2} to load.py, which promotes v1 and v2 in
+#   turn during the measured window. E.g. SWAP=1 NAME=swap CONCURRENCY=8 bench/run_load.sh
 #
 # 1. If bench/results/models/fraud is absent: datagen 50k rows, train "fraud" with
 #    python/riskserve/training/specs/fraud.json, 300 rounds, into bench/results/models.
@@ -40,6 +44,21 @@ NAME=${NAME:-load}
 mkdir -p "$RESULTS"
 
 ensure_bench_model
+if [ "${SWAP:-0}" = 1 ]; then
+    SWAP_MODELS=$RESULTS/models-swap
+    if [ ! -d "$SWAP_MODELS/fraud/2" ]; then
+        echo "== models-swap: version 1 of the bench model + version 2 (seed 1) -> $SWAP_MODELS"
+        rm -rf "$SWAP_MODELS"
+        mkdir -p "$SWAP_MODELS/fraud"
+        cp -r "$MODELS/fraud/1" "$SWAP_MODELS/fraud/1"
+        "$RISKSERVE" train --data "$DATA" --target is_fraud --model fraud --models "$SWAP_MODELS" \
+            --spec python/riskserve/training/specs/fraud.json --rounds 300 --seed 1
+    fi
+    rm -f "$SWAP_MODELS/fraud/deployment.json"
+    MODELS=$SWAP_MODELS
+    export RISKSERVE_ADMIN_TOKEN=${RISKSERVE_ADMIN_TOKEN:-bench-swap}
+    LOAD_ARGS="--swap-every ${SWAP_EVERY:-2} $LOAD_ARGS"
+fi
 
 SERVER_LOG=$RESULTS/server.log
 echo "== serve $MODELS on 127.0.0.1:$PORT (core $SERVER_CORE), log $SERVER_LOG"

@@ -9,7 +9,9 @@ Self-contained: trains its own model and starts its own servers.
 from __future__ import annotations
 
 import json
+import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -32,7 +34,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _start_server(
-    models: Path,
+    models: Path, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], int, list[str], queue.Queue[str | None]]:
     """Starts `riskserve serve --port 0`; returns it, its port, its stderr lines so far
     and the queue the later ones arrive on (None at the end)."""
@@ -53,6 +55,7 @@ def _start_server(
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
     lines: queue.Queue[str | None] = queue.Queue()
     seen: list[str] = []
@@ -338,3 +341,52 @@ def test_rust_load_generator_against_a_real_server(models: Path, tmp_path: Path)
     # An expired deadline is the client's business: no error, no traceback here.
     bad = [ln for ln in log if '"level": "error"' in ln or "Traceback" in ln]
     assert not bad, "".join(bad[:3])
+
+
+@pytest.mark.timeout(300)
+def test_hot_swap_scenario(models: Path, tmp_path: Path) -> None:
+    """load.py --swap-every: promotions through the admin API during the measured
+    window, recorded with their times; no request fails."""
+    two = tmp_path / "models"
+    shutil.copytree(models, two)
+    train(
+        TrainConfig(
+            data=models.parent / "data.parquet",
+            target=TARGET,
+            model="fraud",
+            models_dir=two,
+            spec=SPEC,
+            rounds=10,
+            seed=7,
+        )
+    )
+    token = "harness-swap-token"
+    proc, port, _, _ = _start_server(two, {"RISKSERVE_ADMIN_TOKEN": token})
+    out = tmp_path / "swap.json"
+    try:
+        run = subprocess.run(
+            [
+                *(sys.executable, str(LOAD), "--target", f"127.0.0.1:{port}"),
+                *("--concurrency", "4", "--duration", "2.5", "--warmup", "0.5"),
+                *("--swap-every", "0.5", "--out", str(out), "--png", str(tmp_path / "swap.png")),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=ROOT,
+            env={**os.environ, "RISKSERVE_ADMIN_TOKEN": token},
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+    finally:
+        _stop(proc)
+    res = json.loads(out.read_text())["result"]
+    assert res["errors"] == 0 and res["requests"] > 0
+    swaps = res["swaps"]
+    assert len(swaps) == 4  # at 0.5, 1.0, 1.5 and 2.0 s into the 2.5 s window
+    assert [w["op"] for w in swaps] == ["promote v2", "promote v1", "promote v2", "promote v1"]
+    revs = [w["revision"] for w in swaps]
+    assert revs == sorted(revs) and len(set(revs)) == 4
+    assert all(0 <= w["t"] <= 2.5 for w in swaps)
+    around = res["around_swaps"]
+    assert around["within_1s_after_a_swap"]["requests"] > 0
+    assert "hot swaps: 4 promotions" in run.stdout
