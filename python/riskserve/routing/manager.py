@@ -611,18 +611,10 @@ class DeploymentManager:
                 raise Conflict(
                     f"{name} version {version} takes traffic; move its traffic away first"
                 )
-            shadow = cur.shadow_version if cur.shadow_version != version else None
             del st.models[version]
             variants = tuple((v, w) for v, w in cur.variants if v != version)
-            return await self._commit(
-                st,
-                "unload",
-                variants,
-                cur.salt,
-                shadow,
-                cur.shadow_percent if shadow is not None else 0.0,
-                actor,
-                reason,
+            return await self._commit_without_shadow_of(
+                st, version, "unload", variants, actor, reason
             )
 
     async def remove(self, name: str, actor: str, reason: str) -> None:
@@ -698,17 +690,25 @@ class DeploymentManager:
                 raise Conflict(f"{name} version {version} is not loaded; load it first")
             cur = st.current
             variants = tuple(sorted(({v: 0 for v, _ in cur.variants} | {version: 100}).items()))
-            shadow = cur.shadow_version if cur.shadow_version != version else None
-            return await self._commit(
-                st,
-                "promote",
-                variants,
-                cur.salt,
-                shadow,
-                cur.shadow_percent if shadow is not None else 0.0,
-                actor,
-                reason,
+            return await self._commit_without_shadow_of(
+                st, version, "promote", variants, actor, reason
             )
+
+    async def _commit_without_shadow_of(
+        self,
+        st: ModelState,
+        version: int,
+        action: str,
+        variants: tuple[tuple[int, int], ...],
+        actor: str,
+        reason: str,
+    ) -> Revision:
+        """Commits `variants`, keeping the current shadow unless it is `version`
+        (unloaded, or promoted to take the traffic itself)."""
+        cur = st.current
+        shadow = cur.shadow_version if cur.shadow_version != version else None
+        percent = cur.shadow_percent if shadow is not None else 0.0
+        return await self._commit(st, action, variants, cur.salt, shadow, percent, actor, reason)
 
     async def rollback(
         self, name: str, actor: str, reason: str, expected_revision: int | None = None
