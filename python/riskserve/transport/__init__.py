@@ -1,1 +1,1 @@
-"""The one layer that knows gRPC: servicers, interceptors, codec."""
+"""The one layer that knows gRPC: servicers, the codec, error mapping and the admin token check."""
