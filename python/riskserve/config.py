@@ -50,6 +50,17 @@ class Settings:
     compile_cache_dir: Path = Path("~/.cache/riskserve/compiled")
     #: Largest batch (rows) one request may carry.
     max_request_rows: int = 10_000
+    #: Calls gRPC core may hold that this process has not picked up yet. Under
+    #: overload they queue there in arrival order; when the queue is longer than
+    #: the clients' deadlines, every call is past its deadline when it is picked
+    #: up and goodput collapses (50 ms deadlines at 2x capacity: 24 good req/s
+    #: with gRPC's defaults of 1,000 soft / 3,000 hard, 906 with 64, 1,125 with
+    #: 32; bench/README.md). Beyond half of this core refuses new calls at random,
+    #: beyond it all of them (CANCELLED). Set it to about deadline x req/s per
+    #: worker when clients send deadlines; a limit below the largest burst a
+    #: healthy client sends refuses calls the server could have served, so the
+    #: default, 0, keeps gRPC's own limits.
+    max_pending_calls: int = 0
     #: Largest gRPC message accepted, bytes.
     max_message_bytes: int = 64 * 1024 * 1024
     #: Seconds to let in-flight requests finish on SIGTERM.

@@ -88,6 +88,11 @@ class Server:
             # Workers share the port (the supervisor checked it was free).
             ("grpc.so_reuseport", 1 if worker else 0),
         ]
+        if settings.max_pending_calls > 0:
+            opts += [
+                ("grpc.server.max_pending_requests", max(1, settings.max_pending_calls // 2)),
+                ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls),
+            ]
         token = load_token(settings.admin_token, settings.admin_token_file)
         self.grpc = grpc.aio.server(options=opts)
         ours = Registrar(self.grpc, AdminAuth(token))  # status mapping + admin token

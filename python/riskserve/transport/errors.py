@@ -41,6 +41,8 @@ def guarded(method: str, inner: Handler) -> Handler:
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if _expired(context):  # queued past its deadline: core has ended it; skip the work
+                raise asyncio.CancelledError
             reply = await inner(request, context)
             if _expired(context):  # scored too late: core has already ended the call
                 raise asyncio.CancelledError
