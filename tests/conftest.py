@@ -254,6 +254,24 @@ def start_server() -> Iterator[Callable[..., ServerHandle]]:
 # --------------------------------------------------------------------------------------
 
 
+def train_fraud(data: Path, models: Path, rounds: int, seed: int = 0) -> Any:
+    """Trains a real model "fraud" (fraud spec, target is_fraud) on the datagen rows in
+    `data` into `models`; returns train()'s result (its `ref` is the new version)."""
+    from riskserve.training.train import TrainConfig, train
+
+    return train(
+        TrainConfig(
+            data=data,
+            target="is_fraud",
+            model="fraud",
+            models_dir=models,
+            spec=FRAUD_SPEC,
+            rounds=rounds,
+            seed=seed,
+        )
+    )
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("riskserve")

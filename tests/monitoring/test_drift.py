@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import train_fraud
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,7 +27,7 @@ from riskserve.registry import ModelRepository, VersionRef
 from riskserve.routing.table import Deployment, RoutingTable
 from riskserve.runtime import LoadedModel, load_version
 from riskserve.training.datagen import generate, run_datagen
-from riskserve.training.train import TrainConfig, columns_of, train
+from riskserve.training.train import columns_of
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAUD_SPEC = ROOT / "python" / "riskserve" / "training" / "specs" / "fraud.json"
@@ -113,16 +114,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelRepository, 
     """A real LightGBM model trained by riskserve on 20,000 generated rows."""
     d = tmp_path_factory.mktemp("drift")
     run_datagen(20_000, 0, d / "train.parquet")
-    res = train(
-        TrainConfig(
-            data=d / "train.parquet",
-            target="is_fraud",
-            model="fraud",
-            models_dir=d / "models",
-            spec=FRAUD_SPEC,
-            rounds=30,
-        )
-    )
+    res = train_fraud(d / "train.parquet", d / "models", rounds=30)
     assert res.metrics["auc"] > 0.7, res.metrics
     return ModelRepository(d / "models"), res.ref
 

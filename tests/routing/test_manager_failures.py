@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import train_fraud
 from prometheus_client import CollectorRegistry
 
 from riskserve.config import Settings
@@ -20,9 +21,6 @@ from riskserve.routing import RoutingTable
 from riskserve.routing.guard import CanaryGuard, VariantStats
 from riskserve.routing.manager import STATE_FILE, DeploymentManager
 from riskserve.training.datagen import run_datagen
-from riskserve.training.train import TrainConfig, train
-
-SPEC = Path(__file__).resolve().parents[2] / "python/riskserve/training/specs/fraud.json"
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +29,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("mgr")
     run_datagen(2500, 0, d / "train.parquet")
     for seed in (1, 2, 3):
-        train(
-            TrainConfig(
-                data=d / "train.parquet",
-                target="is_fraud",
-                model="fraud",
-                models_dir=d / "models",
-                spec=SPEC,
-                rounds=8,
-                seed=seed,
-            )
-        )
+        train_fraud(d / "train.parquet", d / "models", rounds=8, seed=seed)
     return d / "models"
 
 

@@ -10,11 +10,11 @@ import time
 import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import train_fraud
 
 from riskserve.client import pack_bytes
 from riskserve.errors import DeadlineExceeded, InvalidInput
@@ -22,25 +22,14 @@ from riskserve.registry import ModelRepository
 from riskserve.runtime import LoadedModel, load_version
 from riskserve.runtime.batcher import Batcher, merge_columns, unpack_bytes
 from riskserve.training.datagen import generate, run_datagen
-from riskserve.training.train import TrainConfig, columns_of, train
-
-SPEC = Path(__file__).resolve().parents[2] / "python/riskserve/training/specs/fraud.json"
+from riskserve.training.train import columns_of
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelRepository, Any]:
     d = tmp_path_factory.mktemp("batcher")
     run_datagen(3000, 3, d / "train.parquet")
-    res = train(
-        TrainConfig(
-            data=d / "train.parquet",
-            target="is_fraud",
-            model="fraud",
-            models_dir=d / "models",
-            spec=SPEC,
-            rounds=15,
-        )
-    )
+    res = train_fraud(d / "train.parquet", d / "models", rounds=15)
     return ModelRepository(d / "models"), res.ref
 
 

@@ -13,15 +13,14 @@ from typing import Any
 import lightgbm
 import numpy as np
 import pytest
+from conftest import train_fraud
 
 from riskserve.registry import ModelRepository
 from riskserve.runtime import LoadedModel, load_version
 from riskserve.runtime.compiled import CompiledLightGBM, Compiler, object_path
 from riskserve.runtime.runtimes import LightGBMRuntime
 from riskserve.training.datagen import generate, run_datagen
-from riskserve.training.train import TrainConfig, columns_of, train
-
-SPEC = Path(__file__).resolve().parents[2] / "python/riskserve/training/specs/fraud.json"
+from riskserve.training.train import columns_of
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -31,17 +30,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
     d = tmp_path_factory.mktemp("compiled")
     run_datagen(3000, 5, d / "train.parquet")
     for seed in (1, 2):
-        train(
-            TrainConfig(
-                data=d / "train.parquet",
-                target="is_fraud",
-                model="fraud",
-                models_dir=d / "models",
-                spec=SPEC,
-                rounds=25,
-                seed=seed,
-            )
-        )
+        train_fraud(d / "train.parquet", d / "models", rounds=25, seed=seed)
     return ModelRepository(d / "models")
 
 
