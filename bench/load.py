@@ -647,11 +647,18 @@ def generator_cpu(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {"seconds": cpu, "cores_busy": cpu / wall if wall > 0 else None}
 
 
+def ms(v: float | None) -> str:
+    """A latency for the tables: 2 decimals, or a dash when there is none."""
+    return "—" if v is None else f"{v:.2f}"
+
+
+def print_errors(by_code: dict[str, int], indent: str = "") -> None:
+    if by_code:
+        print(f"{indent}errors by status: " + ", ".join(f"{k}={v}" for k, v in by_code.items()))
+
+
 def print_open_table(doc: dict[str, Any]) -> None:
     cfg = doc["config"]
-
-    def f(v: float | None) -> str:
-        return "—" if v is None else f"{v:.2f}"
 
     print(
         f"\nriskserve open-loop load: {cfg['target']} rpc={cfg['rpc']} model={cfg['model']} "
@@ -670,16 +677,12 @@ def print_open_table(doc: dict[str, Any]) -> None:
         r, lat = pt["result"], pt["result"]["latency_ms"]
         label = pt.get("label", f"{r['offered_rps']:g}/s")
         print(
-            f"{label:>8} {r['offered_rps']:>8.1f} {r['achieved_rps']:>8.1f} | {f(lat['p50']):>7} "
-            f"{f(lat['p95']):>7} {f(lat['p99']):>7} {f(lat['p99.9']):>7} {f(lat['max']):>8}"
+            f"{label:>8} {r['offered_rps']:>8.1f} {r['achieved_rps']:>8.1f} | {ms(lat['p50']):>7} "
+            f"{ms(lat['p95']):>7} {ms(lat['p99']):>7} {ms(lat['p99.9']):>7} {ms(lat['max']):>8}"
             f"       | {r['requests']:>6} {r['errors']:>6} {r['dropped_by_generator']:>7} | "
-            f"{f(r['send_lag_ms']['p99'])}"
+            f"{ms(r['send_lag_ms']['p99'])}"
         )
-        if r["errors_by_code"]:
-            print(
-                "  errors by status: "
-                + ", ".join(f"{k}={v}" for k, v in r["errors_by_code"].items())
-            )
+        print_errors(r["errors_by_code"], "  ")
     busy = doc["generator_cpu"]["cores_busy"]
     print(f"generator cpu: {busy:.0%} of a core (whole run, all processes)")
     if busy is not None and busy > 0.9 * cfg["procs"]:
@@ -689,9 +692,6 @@ def print_open_table(doc: dict[str, Any]) -> None:
 def print_table(doc: dict[str, Any]) -> None:
     r, lat = doc["result"], doc["result"]["latency_ms"]
     cfg = doc["config"]
-
-    def f(v: float | None) -> str:
-        return "—" if v is None else f"{v:.2f}"
 
     print(
         f"\nriskserve load: {cfg['target']} rpc={cfg['rpc']} model={cfg['model']} "
@@ -707,12 +707,12 @@ def print_table(doc: dict[str, Any]) -> None:
     print("-" * len(hdr))
     busy = r["generator_cpu"]["cores_busy"]
     print(
-        f"{r['throughput_rps']:>9.1f} {r['rows_per_second']:>10.1f} | {f(lat['p50']):>7} "
-        f"{f(lat['p95']):>7} {f(lat['p99']):>7} {f(lat['p99.9']):>7} {f(lat['max']):>7}       | "
+        f"{r['throughput_rps']:>9.1f} {r['rows_per_second']:>10.1f} | {ms(lat['p50']):>7} "
+        f"{ms(lat['p95']):>7} {ms(lat['p99']):>7} {ms(lat['p99.9']):>7} {ms(lat['max']):>7}"
+        "       | "
         f"{r['requests']:>8} {r['errors']:>6} | {busy:.0%}"
     )
-    if r["errors_by_code"]:
-        print("errors by status: " + ", ".join(f"{k}={v}" for k, v in r["errors_by_code"].items()))
+    print_errors(r["errors_by_code"])
     if busy is not None and busy > 0.9 * cfg["procs"]:
         print("note: the generator used ~all of its CPU; try --procs or more cores for the client")
 
