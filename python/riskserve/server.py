@@ -70,7 +70,7 @@ class Server:
         self.snapshots = (
             None
             if worker is None
-            else SnapshotWriter(worker.metrics_dir, worker.index, self.views, self.registry)
+            else SnapshotWriter(worker.metrics_dir, worker.index, self.views, self.metrics.requests)
         )
         self.metrics_port: int | None = None
         self._http: Any = None

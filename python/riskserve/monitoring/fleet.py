@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -46,12 +46,11 @@ SNAPSHOT_SECONDS = 0.5
 STALE_SECONDS = 5.0
 
 
-def requests_served(registry: CollectorRegistry) -> int:
-    """Requests this process answered (every status), from its own registry."""
+def requests_served(requests: Counter) -> int:
+    """Requests this process answered (every status): its riskserve_requests counter."""
     total = 0.0
-    for family in registry.collect():
-        if family.name == "riskserve_requests":
-            total += sum(s.value for s in family.samples if s.name == "riskserve_requests_total")
+    for family in requests.collect():
+        total += sum(s.value for s in family.samples if s.name == "riskserve_requests_total")
     return int(total)
 
 
@@ -63,12 +62,12 @@ class SnapshotWriter:
         directory: Path,
         worker: int,
         views: Callable[[], list[ModelView]],
-        registry: CollectorRegistry,
+        requests: Counter,
     ) -> None:
         self.path = directory / f"worker-{os.getpid()}.json"
         self.worker = worker
         self._views = views
-        self._registry = registry
+        self._requests = requests
         self.started = time.time()
 
     def snapshot(self) -> dict[str, Any]:
@@ -90,7 +89,7 @@ class SnapshotWriter:
             "worker": self.worker,
             "started": self.started,
             "time": time.time(),
-            "requests": requests_served(self._registry),
+            "requests": requests_served(self._requests),
             "models": models,
         }
 
