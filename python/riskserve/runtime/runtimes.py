@@ -45,7 +45,7 @@ class LightGBMRuntime:
                 f"{model_file}: model expects {self._booster.num_feature()} features, "
                 f"the feature spec produces {n_features}"
             )
-        self._n_features = self.n_features = n_features
+        self.n_features = n_features
         # LightGBM's C API directly: Booster.predict spends ~50 µs per call in
         # Python checks that a float32 C-contiguous matrix does not need. The
         # served scores are tested equal to Booster.predict (≤ 1e-6).
@@ -60,8 +60,8 @@ class LightGBMRuntime:
     def predict(self, features: FloatMatrix) -> Scores:
         x = np.ascontiguousarray(features, dtype=np.float32)
         rows, cols = x.shape
-        if cols != self._n_features:
-            raise ValueError(f"expected {self._n_features} features, got {cols}")
+        if cols != self.n_features:
+            raise ValueError(f"expected {self.n_features} features, got {cols}")
         out = np.empty(rows, dtype=np.float64)
         n_out = ctypes.c_int64(0)
         self._check(
