@@ -26,7 +26,8 @@ from riskserve.dataplane import InferInput, InferRequest
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.training.datagen import generate
 from riskserve.training.train import columns_of
-from riskserve.transport.codec import NUMPY_DTYPE, decode_request
+from riskserve.protocol import NUMPY_DTYPE
+from riskserve.transport.codec import decode_request
 
 SPEC = Path(__file__).resolve().parents[1] / "python/riskserve/training/specs/fraud.json"
 V2 = {"float": "FP64", "int": "INT64", "bool": "BOOL", "string": "BYTES"}

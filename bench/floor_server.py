@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs: list[tuple[str, str]] = []
     if a.features:
         from riskserve._native import FeaturePipeline
-        from riskserve.runtime.loaded import V2_DATATYPE
+        from riskserve.protocol import V2_DATATYPE
 
         with open(a.features) as f:
             pipeline = FeaturePipeline(f.read())

@@ -12,7 +12,7 @@ import numpy as np
 
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
-from riskserve.transport.codec import CONTENTS_FIELD, NUMPY_DTYPE
+from riskserve.protocol import CONTENTS_FIELD, NUMPY_DTYPE
 
 
 def pack_bytes(values: Sequence[str | bytes | None]) -> bytes:

@@ -17,13 +17,11 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +30,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import FRAUD_SPEC, V2_DATATYPE, ServerHandle, train_model
 
 from riskserve.client import build_request
 from riskserve.pb.inference import grpc_service_pb2 as ipb
 from riskserve.pb.inference import grpc_service_pb2_grpc as igrpc
 from riskserve.pb.riskserve.admin.v1 import admin_pb2 as apb
 from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc as agrpc
-from riskserve.routing.guard import VariantStats, score_psi
+from riskserve.deployments.canary import VariantStats, score_psi
 from riskserve.routing.table import Deployment, Variant, bucket_of
 
 pytestmark = pytest.mark.timeout(180)
-
-ROOT = Path(__file__).resolve().parents[2]
-FRAUD_SPEC = ROOT / "python" / "riskserve" / "training" / "specs" / "fraud.json"
-V2_DATATYPE = {"float": "FP64", "int": "INT64", "bool": "BOOL", "string": "BYTES"}
 
 MODEL = "fraud"
 TOKEN = "deployments-test-token"
@@ -55,22 +49,20 @@ ROUNDS = 20
 TRAFFIC_ROWS = 1_000
 TRAFFIC_SEED = 4711
 RPC_TIMEOUT = 20.0
-STOP_TIMEOUT = 20.0
-BAD_LOG_MARKERS = ("Traceback", "internal error")
 
 #: Stand-ins for loaded models when computing assignments in process.
 _ANY_MODEL: Any = object()
 
 
 # --------------------------------------------------------------------------------------
-# the server subprocess
+# the admin client and the server's settings (conftest's start_server starts it)
 # --------------------------------------------------------------------------------------
 
 
 class Admin:
     """ModelAdmin calls with the bearer token: admin.SetTraffic(request) etc."""
 
-    def __init__(self, channel: grpc.Channel, token: str | None) -> None:
+    def __init__(self, channel: grpc.Channel, token: str | None = TOKEN) -> None:
         self._stub = agrpc.ModelAdminStub(channel)
         md = [("x-actor", "pytest")]
         if token is not None:
@@ -113,93 +105,13 @@ def live_of(d: apb.Deployment) -> frozenset[int]:
     return frozenset(v.version for v in d.variants if v.weight > 0)
 
 
-@dataclasses.dataclass
-class Served:
-    proc: subprocess.Popen[str]
-    models: Path
-    port: int
-    metrics_port: int
-    lines: list[str]
-    reader: threading.Thread
-    _channel: grpc.Channel | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def channel(self) -> grpc.Channel:
-        if self._channel is None:
-            self._channel = grpc.insecure_channel(self.target)
-            grpc.channel_ready_future(self._channel).result(timeout=10)
-        return self._channel
-
-    @property
-    def stub(self) -> igrpc.GRPCInferenceServiceStub:
-        return igrpc.GRPCInferenceServiceStub(self.channel)
-
-    def admin(self, token: str | None = TOKEN) -> Admin:
-        return Admin(self.channel, token)
-
-    def log_text(self) -> str:
-        return "".join(self.lines)
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for line in list(self.lines):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and (name is None or rec.get("event") == name):
-                out.append(rec)
-        return out
-
-    def metric(self, sample: str, **labels: str) -> float:
-        """Sum of the samples named `sample` whose labels include `labels`."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            text = r.read().decode()
-        total = 0.0
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
-                    total += s.value
-        return total
-
-    def stop(self) -> int:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            pytest.fail(f"server did not stop after SIGTERM\n{self.log_text()[-4000:]}")
-        self.reader.join(5)
-        return rc
-
-    def check_stopped_cleanly(self, rc: int) -> None:
-        log = self.log_text()
-        assert rc == 0, f"server exited with {rc}\n{log[-4000:]}"
-        assert self.events("stopped"), log[-4000:]
-        bad = [ln for ln in self.lines if any(m in ln for m in BAD_LOG_MARKERS)]
-        assert not bad, "server log has tracebacks / internal errors:\n" + "".join(bad)
-
-
-def launch(
-    start: Callable[..., Any], models: Path, token: str | None = TOKEN, **settings: Any
-) -> Served:
-    """conftest's server launcher with RISKSERVE_* settings from `settings` (and the
-    admin token); returns once the server logs "serving"."""
+def settings_env(token: str | None = TOKEN, **settings: Any) -> dict[str, str]:
+    """RISKSERVE_* variables for `settings` (canary_min_requests=... →
+    RISKSERVE_CANARY_MIN_REQUESTS) and the admin token."""
     env = {f"RISKSERVE_{key.upper()}": str(value) for key, value in settings.items()}
     if token is not None:
         env["RISKSERVE_ADMIN_TOKEN"] = token
-    h = start(models, env=env)
-    return Served(h.proc, models, h.port, h.metrics_port, h.lines, h.reader)
+    return env
 
 
 #: The canary guard records every request but never acts unless a test lowers this:
@@ -210,19 +122,18 @@ GUARD_IDLE = {"canary_min_requests": 10**9}
 
 
 @pytest.fixture
-def servers(launch_server: Callable[..., Any]) -> Iterator[Callable[..., Served]]:
-    """launch(), with every server stopped and checked (exit 0, no traceback) after the test."""
-    started: list[Served] = []
+def servers(start_server: Callable[..., ServerHandle]) -> Callable[..., ServerHandle]:
+    """conftest's start_server with these settings (GUARD_IDLE unless overridden) and
+    the admin token; every server is stopped and checked (exit 0, no traceback)
+    after the test."""
 
-    def start(models: Path, token: str | None = TOKEN, **settings: Any) -> Served:
-        s = launch(launch_server, models, token, **{**GUARD_IDLE, **settings})
-        started.append(s)
-        return s
+    def start(
+        models: Path, token: str | None = TOKEN, workers: int | None = None, **settings: Any
+    ) -> ServerHandle:
+        env = settings_env(token, **{**GUARD_IDLE, **settings})
+        return start_server(models, env=env, workers=workers)
 
-    yield start
-    codes = [s.stop() for s in started]
-    for s, rc in zip(started, codes, strict=True):
-        s.check_stopped_cleanly(rc)
+    return start
 
 
 # --------------------------------------------------------------------------------------
@@ -245,20 +156,8 @@ def train_data(workdir: Path) -> Path:
 
 
 def train_version(data: Path, models: Path, seed: int, spec: Path = FRAUD_SPEC) -> int:
-    from riskserve.training.train import TrainConfig, train
-
-    res = train(
-        TrainConfig(
-            data=data,
-            target="is_fraud",
-            model=MODEL,
-            models_dir=models,
-            spec=spec,
-            rounds=ROUNDS,
-            seed=seed,
-        )
-    )
-    return res.ref.version
+    """Trains the next version of `fraud` (ROUNDS rounds); returns its number."""
+    return int(train_model(data, models, ROUNDS, seed, model=MODEL, spec=spec).ref.version)
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +242,7 @@ def infer_many(
     return [r for r in out if r is not None]
 
 
-def variants_for(srv: Served, traffic: Traffic, keys: Sequence[str]) -> list[int]:
+def variants_for(srv: ServerHandle, traffic: Traffic, keys: Sequence[str]) -> list[int]:
     replies = infer_many(srv.stub, [traffic.request(i, k) for i, k in enumerate(keys)])
     for k, r in zip(keys, replies, strict=True):
         assert r.id == k
@@ -454,7 +353,7 @@ def p99_ms(replies: Sequence[Reply]) -> float:
 
 def test_swap_under_load(
     models_copy: Callable[[str], Path],
-    servers: Callable[..., Served],
+    servers: Callable[..., ServerHandle],
     traffic: Traffic,
     capsys: pytest.CaptureFixture[str],
     record_property: Callable[[str, Any], None],
@@ -462,7 +361,7 @@ def test_swap_under_load(
     # The guard stays on (it records every request) but never acts (GUARD_IDLE): the
     # test's own admin script must be the only writer of revisions.
     srv = servers(models_copy("models"))
-    admin = srv.admin()
+    admin = Admin(srv.channel)
     changes: list[Change] = []
 
     def change(op: str, request: Any) -> apb.Deployment:
@@ -609,13 +508,13 @@ SERVER_SAMPLE = 2_000
 
 
 def test_split_and_stickiness(
-    models_copy: Callable[[str], Path], servers: Callable[..., Served], traffic: Traffic
+    models_copy: Callable[[str], Path], servers: Callable[..., ServerHandle], traffic: Traffic
 ) -> None:
     a = servers(models_copy("a"))
     b = servers(models_copy("b"))
     salt = "split-test-salt"
     for srv in (a, b):
-        d = srv.admin().traffic({1: 90, 2: 10}, salt)
+        d = Admin(srv.channel).traffic({1: 90, 2: 10}, salt)
         assert weights_of(d) == {1: 90, 2: 10} and d.salt == salt
 
     keys = [f"customer-{i}" for i in range(SPLIT_KEYS)]
@@ -642,7 +541,7 @@ def test_split_and_stickiness(
     assert 0.09 <= len(moved) / SPLIT_KEYS <= 0.11, len(moved)
     assert set(moved) == {(2, 1)}
 
-    admin = a.admin()
+    admin = Admin(a.channel)
     admin.traffic({1: 50, 2: 50})  # empty salt keeps the current one
     assert admin.deployment().salt == salt
     got_before = variants_for(a, traffic, sample)
@@ -704,7 +603,7 @@ def build_poison_onnx(version_dir: Path) -> None:
 
 
 def test_shadow_never_changes_replies_and_a_failing_shadow_never_reaches_clients(
-    models_copy: Callable[[str], Path], servers: Callable[..., Served], traffic: Traffic
+    models_copy: Callable[[str], Path], servers: Callable[..., ServerHandle], traffic: Traffic
 ) -> None:
     from riskserve.registry import ModelRepository
     from riskserve.runtime import load_version
@@ -712,7 +611,7 @@ def test_shadow_never_changes_replies_and_a_failing_shadow_never_reaches_clients
     models = models_copy("models")
     # No shadow may be shed (outcome "dropped") on a busy machine: the counts are exact.
     srv = servers(models, shadow_max_pending=100_000)
-    admin = srv.admin()
+    admin = Admin(srv.channel)
     v1_live(admin)
     n = 300
     keys = [f"shadow-{i}" for i in range(n)]
@@ -782,14 +681,14 @@ def test_shadow_never_changes_replies_and_a_failing_shadow_never_reaches_clients
 
 def test_refused_versions_leave_the_deployment_alone(
     models_copy: Callable[[str], Path],
-    servers: Callable[..., Served],
+    servers: Callable[..., ServerHandle],
     traffic: Traffic,
     train_data: Path,
     tmp_path: Path,
 ) -> None:
     models = models_copy("models")
     srv = servers(models)
-    admin = srv.admin()
+    admin = Admin(srv.channel)
     v1_live(admin)
 
     # v3: trained on another input set (fraud.json without chargebacks_180d)
@@ -848,7 +747,7 @@ def test_refused_versions_leave_the_deployment_alone(
 
 def test_a_fresh_start_refuses_versions_with_other_inputs(
     models_copy: Callable[[str], Path],
-    servers: Callable[..., Served],
+    servers: Callable[..., ServerHandle],
     traffic: Traffic,
     train_data: Path,
     tmp_path: Path,
@@ -862,7 +761,7 @@ def test_a_fresh_start_refuses_versions_with_other_inputs(
     refused = {e["version"]: e["reason"] for e in srv.events("model version refused")}
     assert set(refused) == {1, 2}, srv.log_text()
     assert all("inputs differ from version 3" in r for r in refused.values()), refused
-    admin = srv.admin()
+    admin = Admin(srv.channel)
     d = admin.deployment()
     assert weights_of(d) == {3: 100} and list(d.loaded_versions) == [3]
     err = rpc_error(lambda: admin.traffic({1: 50, 3: 50}))
@@ -923,7 +822,7 @@ MUTATIONS: dict[str, Any] = {
 }
 
 
-def _call(srv: Served, method: str, request: Any, metadata: Sequence[tuple[str, str]]) -> Any:
+def _call(srv: ServerHandle, method: str, request: Any, metadata: Sequence[tuple[str, str]]) -> Any:
     if method.startswith("Repository"):
         stub: Any = srv.stub
     else:
@@ -931,7 +830,7 @@ def _call(srv: Served, method: str, request: Any, metadata: Sequence[tuple[str, 
     return getattr(stub, method)(request, metadata=tuple(metadata), timeout=RPC_TIMEOUT)
 
 
-def _code(srv: Served, method: str, request: Any, metadata: Sequence[tuple[str, str]]) -> Any:
+def _code(srv: ServerHandle, method: str, request: Any, metadata: Sequence[tuple[str, str]]) -> Any:
     try:
         _call(srv, method, request, metadata)
     except grpc.RpcError as e:
@@ -939,6 +838,7 @@ def _code(srv: Served, method: str, request: Any, metadata: Sequence[tuple[str, 
     return grpc.StatusCode.OK, ""
 
 
+@pytest.mark.unit  # no server: the tables against the service descriptors
 def test_the_call_tables_cover_every_admin_method() -> None:
     admin_methods = {m.name for m in apb.DESCRIPTOR.services_by_name["ModelAdmin"].methods}
     assert admin_methods == set(ADMIN_CALLS)
@@ -947,7 +847,7 @@ def test_the_call_tables_cover_every_admin_method() -> None:
 
 
 def test_admin_needs_the_token_and_inference_does_not(
-    models_copy: Callable[[str], Path], servers: Callable[..., Served], traffic: Traffic
+    models_copy: Callable[[str], Path], servers: Callable[..., ServerHandle], traffic: Traffic
 ) -> None:
     srv = servers(models_copy("models"))
     right = [("authorization", f"Bearer {TOKEN}")]
@@ -961,7 +861,7 @@ def test_admin_needs_the_token_and_inference_does_not(
         "empty": [("authorization", "Bearer ")],
         "other-header": [("x-token", TOKEN)],
     }
-    before = srv.admin().deployment()
+    before = Admin(srv.channel).deployment()
     calls = {**ADMIN_CALLS, **REPOSITORY_CALLS}
     for method, (request, _) in calls.items():
         for why, md in wrongs.items():
@@ -971,7 +871,7 @@ def test_admin_needs_the_token_and_inference_does_not(
     for method, request in MUTATIONS.items():
         code, _ = _code(srv, method, request, wrongs["wrong"])
         assert code == grpc.StatusCode.UNAUTHENTICATED, method
-    assert srv.admin().deployment() == before  # nothing ran
+    assert Admin(srv.channel).deployment() == before  # nothing ran
 
     for method, (request, want) in calls.items():
         code, details = _code(srv, method, request, right)
@@ -989,7 +889,7 @@ def test_admin_needs_the_token_and_inference_does_not(
 
 
 def test_without_a_configured_token_the_admin_api_is_closed(
-    models_copy: Callable[[str], Path], servers: Callable[..., Served], traffic: Traffic
+    models_copy: Callable[[str], Path], servers: Callable[..., ServerHandle], traffic: Traffic
 ) -> None:
     srv = servers(models_copy("models"), token=None)
     assert srv.events("no admin token configured: the admin API refuses every call")
@@ -1008,11 +908,11 @@ def test_without_a_configured_token_the_admin_api_is_closed(
 
 
 def test_restart_restores_the_deployment_exactly(
-    models_copy: Callable[[str], Path], servers: Callable[..., Served], traffic: Traffic
+    models_copy: Callable[[str], Path], servers: Callable[..., ServerHandle], traffic: Traffic
 ) -> None:
     models = models_copy("models")
     first = servers(models)
-    admin = first.admin()
+    admin = Admin(first.channel)
     admin.traffic({1: 70, 2: 30}, "abc")
     admin.SetShadow(
         apb.SetShadowRequest(model=MODEL, version=2, sample_percent=25, reason="watch v2")
@@ -1025,13 +925,13 @@ def test_restart_restores_the_deployment_exactly(
     variants = variants_for(first, traffic, keys)
     assert variants == [in_process({1: 70, 2: 30}, "abc").assign(k) for k in keys]
     assert set(variants) == {1, 2}
-    first.check_stopped_cleanly(first.stop())
+    first.stop_and_check()
 
     state = json.loads((models / MODEL / "deployment.json").read_text())
     assert state["current"] == before.revision
 
     second = servers(models)
-    admin = second.admin()
+    admin = Admin(second.channel)
     assert admin.deployment() == before  # revision, variants, salt, shadow, loaded, ...
     assert admin.history() == history
     assert variants_for(second, traffic, keys) == variants
@@ -1045,7 +945,7 @@ def test_restart_restores_the_deployment_exactly(
 
 def test_canary_guard_rolls_back_a_bad_canary(
     models_copy: Callable[[str], Path],
-    servers: Callable[..., Served],
+    servers: Callable[..., ServerHandle],
     traffic: Traffic,
     train_data: Path,
     tmp_path: Path,
@@ -1060,7 +960,7 @@ def test_canary_guard_rolls_back_a_bad_canary(
     srv = servers(
         models, canary_min_requests=100, canary_check_seconds=0.5, canary_max_p95_seconds=1.0
     )
-    admin = srv.admin()
+    admin = Admin(srv.channel)
     v1_live(admin)
 
     # The canary: trained on inverted labels, so it scores nearly everything as fraud.
@@ -1139,12 +1039,12 @@ def test_canary_guard_rolls_back_a_bad_canary(
 
 
 def test_repository_extension(
-    models_copy: Callable[[str], Path], servers: Callable[..., Served], traffic: Traffic
+    models_copy: Callable[[str], Path], servers: Callable[..., ServerHandle], traffic: Traffic
 ) -> None:
     srv = servers(models_copy("models"))
     md = (("authorization", f"Bearer {TOKEN}"),)
     stub = srv.stub
-    admin = srv.admin()
+    admin = Admin(srv.channel)
     v1_live(admin)
     admin.UnloadVersion(apb.UnloadVersionRequest(model=MODEL, version=2))
 
@@ -1204,7 +1104,9 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_admin(models_copy: Callable[[str], Path], servers: Callable[..., Served]) -> None:
+def test_cli_admin(
+    models_copy: Callable[[str], Path], servers: Callable[..., ServerHandle]
+) -> None:
     srv = servers(models_copy("models"))
     base = ("--server", srv.target, "--token", TOKEN)
 
@@ -1222,7 +1124,7 @@ def test_cli_admin(models_copy: Callable[[str], Path], servers: Callable[..., Se
     assert any(ln.split() == ["v1", "90%"] for ln in out.splitlines()), out
     assert any(ln.split() == ["v2", "10%"] for ln in out.splitlines()), out
     assert out.rstrip().endswith(": cli test")
-    d = srv.admin().deployment()
+    d = Admin(srv.channel).deployment()
     assert weights_of(d) == {1: 90, 2: 10} and d.reason == "cli test"
 
     p = cli("--server", srv.target, "--token", "wrong", "models")
@@ -1231,4 +1133,4 @@ def test_cli_admin(models_copy: Callable[[str], Path], servers: Callable[..., Se
     assert "riskserve admin models: UNAUTHENTICATED" in p.stderr
     p = cli("--server", srv.target, "--token", "wrong", "set-traffic", MODEL, "1=10", "2=90")
     assert p.returncode == 1 and "UNAUTHENTICATED" in p.stderr
-    assert weights_of(srv.admin().deployment()) == {1: 90, 2: 10}
+    assert weights_of(Admin(srv.channel).deployment()) == {1: 90, 2: 10}

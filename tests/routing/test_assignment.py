@@ -1,4 +1,4 @@
-"""Traffic assignment and the canary guard, in process.
+"""Traffic assignment, in process.
 
 * ``bucket_of`` reproduces the MurmurHash3 x86_32 vectors shared with the Rust
   tests (``tests/native/hash_vectors.json``) and an independent implementation
@@ -6,35 +6,25 @@
 * ``Deployment.assign`` gives every variant one contiguous bucket range, in version
   order, sized by its weight; moving weight between neighbours moves only the keys
   between the old and the new boundary;
-* weights that do not sum to 100 are refused (the table and the manager);
-* ``CanaryGuard.check`` / ``breaches`` / ``enforce`` and ``score_psi`` on
-  constructed ``VariantStats``.
+* weights that do not sum to 100 are refused by the table (the deployment
+  service's checks are in tests/deployments).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import mmh3
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
 
 from riskserve._native import murmur3_32
-from riskserve.config import Settings
-from riskserve.errors import Conflict, InvalidInput
-from riskserve.monitoring import Metrics
-from riskserve.registry import ModelRepository
-from riskserve.routing.guard import SCORE_EDGES, CanaryGuard, VariantStats, score_psi
-from riskserve.routing.manager import DeploymentManager, ModelState, Revision
 from riskserve.routing.table import BUCKETS, Deployment, RoutingTable, Variant, bucket_of
 
 VECTORS = Path(__file__).resolve().parents[1] / "native" / "hash_vectors.json"
-#: Stand-ins for loaded models: the table and the manager only look them up.
+#: Stand-ins for loaded models: the table only looks them up.
 MODELS: Any = {1: object(), 2: object(), 3: object()}
 
 
@@ -231,252 +221,3 @@ def test_table_refuses_weights_not_summing_to_100(weights: dict[int, int]) -> No
 def test_table_refuses_a_variant_that_is_not_loaded() -> None:
     with pytest.raises(ValueError, match="not loaded"):
         Deployment("fraud", {1: MODELS[1]}, 1, (Variant(1, 50), Variant(2, 50)))
-
-
-def _manager(tmp_path: Path, **settings: Any) -> tuple[DeploymentManager, list[RoutingTable]]:
-    published: list[RoutingTable] = []
-    mgr = DeploymentManager(Settings(**settings), ModelRepository(tmp_path), published.append)
-    start = Revision(
-        revision=1,
-        action="start",
-        variants=((1, 100), (2, 0)),
-        salt="fraud",
-        shadow_version=None,
-        shadow_percent=0.0,
-        loaded=(1, 2),
-        updated_at="2026-01-01T00:00:00.000+00:00",
-        actor="riskserve",
-        reason="test",
-        undo_from=1,
-    )
-    # The manager's state for one model with two "loaded" versions.
-    mgr._states["fraud"] = ModelState("fraud", [start], {1: MODELS[1], 2: MODELS[2]})
-    return mgr, published
-
-
-@pytest.mark.parametrize(
-    "variants,error,match",
-    [
-        ([(1, 50), (2, 40)], InvalidInput, "weights must sum to 100, got 90"),
-        ([(1, 60), (2, 50)], InvalidInput, "weights must sum to 100, got 110"),
-        ([], InvalidInput, "at least one variant"),
-        ([(1, 50), (1, 50)], InvalidInput, "listed twice"),
-        ([(1, 101), (2, -1)], InvalidInput, "must be in 0..100"),
-        ([(1, 50), (3, 50)], Conflict, "version 3 is not loaded"),
-    ],
-)
-def test_manager_refuses_bad_splits_and_changes_nothing(
-    tmp_path: Path, variants: list[tuple[int, int]], error: type[Exception], match: str
-) -> None:
-    mgr, published = _manager(tmp_path)
-    with pytest.raises(error, match=match):
-        asyncio.run(mgr.set_traffic("fraud", variants, "", "test", ""))
-    assert mgr.state("fraud").current.revision == 1
-    assert published == []
-    assert not (tmp_path / "fraud" / "deployment.json").exists()
-
-
-def test_manager_accepts_a_split_and_publishes_it(tmp_path: Path) -> None:
-    mgr, published = _manager(tmp_path)
-    rev = asyncio.run(mgr.set_traffic("fraud", [(2, 10), (1, 90)], "new-salt", "t", "why"))
-    assert rev.revision == 2 and rev.variants == ((1, 90), (2, 10)) and rev.salt == "new-salt"
-    dep = published[-1].deployment("fraud")
-    assert dep.revision == 2 and dep.live == 1 and dep.salt == "new-salt"
-    state = json.loads((tmp_path / "fraud" / "deployment.json").read_text())
-    assert state["current"] == 2 and state["history"][-1]["variants"] == [[1, 90], [2, 10]]
-
-
-def test_rollback_after_an_unload_leaves_the_unloaded_version_out(tmp_path: Path) -> None:
-    mgr, published = _manager(tmp_path)
-    mgr.state("fraud").models[3] = MODELS[3]
-
-    async def script() -> Revision:
-        await mgr.set_traffic("fraud", [(1, 50), (2, 0), (3, 50)], "", "t", "")
-        await mgr.set_traffic("fraud", [(1, 100), (2, 0), (3, 0)], "", "t", "")
-        await mgr.unload("fraud", 2, "t", "")
-        return await mgr.rollback("fraud", "t", "")
-
-    rev = asyncio.run(script())
-    assert rev.variants == ((1, 50), (3, 50))  # v2 (weight 0, unloaded) is not restored
-    assert rev.loaded == (1, 3)
-    assert published[-1].deployment("fraud").revision == rev.revision
-
-
-def test_rollback_undoes_the_last_traffic_change_not_a_load(tmp_path: Path) -> None:
-    """Entries at weight 0 are not traffic: a revision that only adds one is skipped."""
-    mgr, _ = _manager(tmp_path)
-
-    async def script() -> Revision:
-        await mgr.set_traffic("fraud", [(1, 70), (2, 30)], "", "t", "")
-        await mgr.set_traffic("fraud", [(1, 100)], "", "t", "")
-        await mgr.set_traffic("fraud", [(1, 100), (2, 0)], "", "t", "")
-        return await mgr.rollback("fraud", "t", "")
-
-    assert asyncio.run(script()).variants == ((1, 70), (2, 30))
-
-
-def test_rollback_with_nothing_to_undo_is_refused(tmp_path: Path) -> None:
-    mgr, _ = _manager(tmp_path)
-    with pytest.raises(Conflict, match="no earlier deployment revision"):
-        asyncio.run(mgr.rollback("fraud", "t", ""))
-
-
-# --------------------------------------------------------------------------------------
-# the canary guard
-# --------------------------------------------------------------------------------------
-
-GUARD_SETTINGS = {
-    "canary_min_requests": 100,
-    "canary_max_error_ratio": 0.02,
-    "canary_max_p95_seconds": 0.05,
-    "canary_max_score_psi": 0.25,
-}
-
-
-def stats(
-    requests: int,
-    errors: int = 0,
-    latency: float = 0.002,
-    scores: np.ndarray | None = None,
-) -> VariantStats:
-    st = VariantStats(requests=requests, errors=errors)
-    st.latencies.extend([latency] * (requests - errors))
-    if scores is not None:
-        st.add_scores(scores)
-    return st
-
-
-def low_scores(n: int, seed: int = 0) -> np.ndarray:
-    """Fraud-like probabilities: mostly tiny, a few large."""
-    rng = np.random.default_rng(seed)
-    return np.clip(rng.lognormal(mean=-6.0, sigma=1.5, size=n), 0.0, 1.0).astype(np.float32)
-
-
-@pytest.fixture
-def guard(tmp_path: Path) -> CanaryGuard:
-    mgr, _ = _manager(tmp_path, **GUARD_SETTINGS)
-    return CanaryGuard(mgr.settings, mgr, Metrics(CollectorRegistry()))
-
-
-def test_score_psi_known_values() -> None:
-    assert score_psi(np.array([5, 5]), np.array([5, 5])) == 0.0
-    assert score_psi(np.array([0, 0]), np.array([5, 5])) == 0.0  # no data → no PSI
-    want = 0.4 * math.log(0.5 / 0.9) * -1 + 0.4 * math.log(0.5 / 0.1)
-    assert score_psi(np.array([50, 50]), np.array([90, 10])) == pytest.approx(want)
-    # an empty share is floored at 1e-4, not log(0)
-    floored = (1 - 1e-4) * math.log(1 / 1e-4) + (1e-4 - 1) * math.log(1e-4 / 1)
-    assert score_psi(np.array([10, 0]), np.array([0, 10])) == pytest.approx(floored)
-
-
-def test_add_scores_bins_on_the_log_spaced_edges() -> None:
-    st = VariantStats()
-    # float64 here: float32(1e-4) is a hair below the float64 edge 1e-4
-    st.add_scores(np.array([0.0, 1e-4, 0.00099, 0.3, 0.5, 0.99], dtype=np.float64))
-    assert len(st.scores) == len(SCORE_EDGES) + 1
-    assert st.scores.sum() == 6
-    assert st.scores[0] == 1  # below 1e-4
-    assert st.scores[1] == 1  # exactly 1e-4: [1e-4, 3e-4)
-    assert st.scores[2] == 1  # [3e-4, 1e-3)
-    assert st.scores[-2] == 1  # [0.2, 0.5)
-    assert st.scores[-1] == 2  # 0.5 and up
-
-
-def test_check_error_ratio_breach(guard: CanaryGuard) -> None:
-    b = guard.check("fraud", 2, stats(1_000, errors=21), stats(1_000))
-    assert b is not None and (b.model, b.version, b.kind) == ("fraud", 2, "error_ratio")
-    assert "0.0210 > 0.02" in b.detail and "1000 requests" in b.detail
-
-
-def test_check_error_ratio_at_the_bound_is_no_breach(guard: CanaryGuard) -> None:
-    assert guard.check("fraud", 2, stats(1_000, errors=20), stats(1_000)) is None
-
-
-def test_check_latency_breach(guard: CanaryGuard) -> None:
-    st = stats(200, latency=0.002)
-    st.latencies.extend([0.2] * 20)  # ~9% slow: the p95 is 200 ms
-    b = guard.check("fraud", 2, st, stats(1_000))
-    assert b is not None and b.kind == "latency"
-    assert "p95 200.00 ms > 50.00 ms" in b.detail
-
-
-def test_check_latency_just_below_the_bound(guard: CanaryGuard) -> None:
-    assert guard.check("fraud", 2, stats(500, latency=0.049), stats(500)) is None
-
-
-def test_check_score_psi_breach(guard: CanaryGuard) -> None:
-    ctl = stats(1_000, scores=low_scores(1_000))
-    bad = stats(1_000, scores=np.clip(low_scores(1_000, 1) * 200, 0, 1))
-    psi = score_psi(bad.scores, ctl.scores)
-    assert psi > 0.25
-    b = guard.check("fraud", 2, bad, ctl)
-    assert b is not None and b.kind == "score_psi"
-    assert f"{psi:.3f} > 0.25" in b.detail
-
-
-def test_check_no_breach_below_every_bound(guard: CanaryGuard) -> None:
-    ctl = stats(2_000, errors=10, scores=low_scores(1_990))
-    canary = stats(2_000, errors=30, latency=0.01, scores=low_scores(1_970, 7))
-    assert score_psi(canary.scores, ctl.scores) < 0.05
-    assert guard.check("fraud", 2, canary, ctl) is None
-
-
-def test_check_skips_psi_until_the_control_has_enough_requests(guard: CanaryGuard) -> None:
-    bad = stats(1_000, scores=np.full(1_000, 0.9, dtype=np.float32))
-    few = stats(99, scores=low_scores(99))
-    assert guard.check("fraud", 2, bad, few) is None
-    assert guard.check("fraud", 2, bad, None) is None
-    enough = stats(100, scores=low_scores(100))
-    b = guard.check("fraud", 2, bad, enough)
-    assert b is not None and b.kind == "score_psi"
-
-
-def _record(guard: CanaryGuard, version: int, revision: int, ok: int, failed: int) -> None:
-    for _ in range(ok):
-        guard.record("fraud", version, revision, 0.001, True, None)
-    for _ in range(failed):
-        guard.record("fraud", version, revision, 0.0, False, None)
-
-
-def test_breaches_wait_for_the_minimum_count(guard: CanaryGuard) -> None:
-    asyncio.run(guard.manager.set_traffic("fraud", [(1, 90), (2, 10)], "", "t", ""))
-    _record(guard, 1, 2, 500, 0)
-    _record(guard, 2, 2, 0, 99)  # all failed, but below canary_min_requests
-    assert guard.breaches() == []
-    _record(guard, 2, 2, 0, 1)
-    (b,) = guard.breaches()
-    assert (b.version, b.kind) == (2, "error_ratio")
-
-
-def test_breaches_ignore_other_revisions(guard: CanaryGuard) -> None:
-    asyncio.run(guard.manager.set_traffic("fraud", [(1, 90), (2, 10)], "", "t", ""))
-    _record(guard, 2, 1, 0, 500)  # an old revision's failures
-    assert guard.breaches() == []
-
-
-def test_enforce_rolls_back_counts_and_forgets(guard: CanaryGuard) -> None:
-    mgr = guard.manager
-    asyncio.run(mgr.set_traffic("fraud", [(1, 80), (2, 20)], "", "t", ""))
-    _record(guard, 1, 2, 400, 0)
-    _record(guard, 2, 2, 90, 10)
-    (b,) = asyncio.run(guard.enforce())
-    assert (b.version, b.kind) == (2, "error_ratio")
-    cur = mgr.state("fraud").current
-    assert cur.revision == 3 and cur.variants == ((1, 100), (2, 0))
-    assert cur.action == "rollback" and cur.actor == "canary-guard"
-    assert cur.reason.startswith("canary v2: error ratio 0.1000 > 0.02")
-    got = guard.metrics.registry.get_sample_value(
-        "riskserve_rollbacks_total", {"model": "fraud", "reason": "canary_error_ratio"}
-    )
-    assert got == 1.0
-    assert ("fraud", 2) not in guard.stats  # the old revision's stats are dropped
-    assert asyncio.run(guard.enforce()) == []
-
-
-def test_a_broken_canary_at_an_even_split_is_caught(guard: CanaryGuard) -> None:
-    """At 50/50 the incumbent (lower version) is the control: a failing new
-    version must not escape the guard by being taken for the control."""
-    asyncio.run(guard.manager.set_traffic("fraud", [(1, 50), (2, 50)], "", "t", ""))
-    _record(guard, 1, 2, 300, 0)
-    _record(guard, 2, 2, 200, 100)
-    (b,) = guard.breaches()
-    assert (b.version, b.kind) == (2, "error_ratio")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from riskserve.errors import IntegrityError, InvalidInput, NotFound
+from riskserve.files import fsync_dir, write_synced
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "riskserve.manifest/v1"
@@ -184,7 +185,7 @@ class ModelRepository:
         try:
             hashes: dict[str, str] = {}
             for fname, content in sorted(files.items()):
-                _write_synced(tmp / fname, content)
+                write_synced(tmp / fname, content)
                 hashes[fname] = hashlib.sha256(content).hexdigest()
             while True:
                 version = self.next_version(name)
@@ -197,14 +198,14 @@ class ModelRepository:
                     "files": hashes,
                 }
                 text = json.dumps(body, indent=2, sort_keys=True) + "\n"
-                _write_synced(tmp / MANIFEST, text.encode())
+                write_synced(tmp / MANIFEST, text.encode())
                 try:
                     os.rename(tmp, model_dir / str(version))
                 except OSError:
                     if (model_dir / str(version)).exists():
                         continue  # another writer took this number; take the next
                     raise
-                _fsync_dir(model_dir)
+                fsync_dir(model_dir)
                 return VersionRef(name, version, model_dir / str(version))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -214,18 +215,3 @@ class ModelRepository:
 def _check_hash(path: Path, actual: str, expected: str) -> None:
     if actual != expected:
         raise IntegrityError(f"{path}: sha256 {actual} does not match the manifest's {expected}")
-
-
-def _write_synced(path: Path, content: bytes) -> None:
-    with path.open("wb") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -11,16 +11,12 @@ old and the new boundary."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import random
 from collections.abc import Mapping
 
 from riskserve._native import murmur3_32
-from riskserve.errors import IntegrityError, NotFound
-from riskserve.registry import ModelRepository
-from riskserve.runtime import LoadedModel, load_version
-
-log = logging.getLogger(__name__)
+from riskserve.errors import NotFound
+from riskserve.runtime import LoadedModel
 
 BUCKETS = 10_000
 
@@ -55,7 +51,7 @@ class Deployment:
     name: str
     #: Every loaded version (including those at weight 0).
     versions: Mapping[int, LoadedModel]
-    #: The version with the largest weight (the "control").
+    #: The control (riskserve.deployments.history.control_version).
     live: int
     variants: tuple[Variant, ...] = ()
     salt: str = ""
@@ -143,40 +139,3 @@ def _explicit(dep: Deployment, version: str) -> LoadedModel:
     if model is None:
         raise NotFound(f"model {dep.name!r} version {version} is not loaded")
     return model
-
-
-def load_versions(
-    repo: ModelRepository,
-    name: str,
-    only: set[int] | None,
-    onnx_threads: int = 1,
-    drift_slots: int = 60,
-    drift_slot_seconds: int = 60,
-) -> dict[int, LoadedModel]:
-    """Loads the versions of `name` (all, or those in `only`), logging refusals."""
-    loaded: dict[int, LoadedModel] = {}
-    for ref in repo.versions(name):
-        if only is not None and ref.version not in only:
-            continue
-        try:
-            loaded[ref.version] = load_version(
-                repo, ref, onnx_threads, drift_slots, drift_slot_seconds
-            )
-        except IntegrityError as e:
-            log.error(
-                "model version refused",
-                extra={"model": name, "version": ref.version, "reason": e.message},
-            )
-            continue
-        m = loaded[ref.version]
-        log.info(
-            "model version loaded",
-            extra={
-                "model": name,
-                "version": ref.version,
-                "platform": m.platform,
-                "sha256": m.manifest.model_sha256,
-                "features": m.pipeline.n_features,
-            },
-        )
-    return loaded

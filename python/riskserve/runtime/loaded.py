@@ -13,12 +13,10 @@ import numpy as np
 
 from riskserve._native import DriftMonitor, FeaturePipeline, SpecError
 from riskserve.errors import IntegrityError
+from riskserve.protocol import V2_DATATYPE
 from riskserve.registry import Manifest, ModelRepository, VersionRef
 from riskserve.runtime.runtimes import LightGBMRuntime, ModelRuntime, OnnxRuntime, Scores
 
-#: Spec dtype → Open Inference Protocol datatype.
-V2_DATATYPE = {"float": "FP64", "int": "INT64", "bool": "BOOL", "string": "BYTES"}
-OUTPUT_NAME = "probability"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""riskserve.admin.v1.ModelAdmin over the DeploymentManager."""
+"""riskserve.admin.v1.ModelAdmin over the deployment service."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any
 
 import grpc
 
+from riskserve.deployments import DeploymentService, Revision, VersionStatus
 from riskserve.errors import InvalidInput
 from riskserve.monitoring import Metrics
 from riskserve.pb.riskserve.admin.v1 import admin_pb2 as pb
 from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc as pb_grpc
-from riskserve.routing.manager import DeploymentManager, Revision
 
 SERVICE_NAME = "riskserve.admin.v1.ModelAdmin"
 
@@ -37,6 +37,12 @@ def deployment_pb(name: str, rev: Revision) -> pb.Deployment:
     )
 
 
+def version_pb(v: VersionStatus) -> pb.VersionInfo:
+    return pb.VersionInfo(
+        version=v.version, state=v.state.value, sha256=v.sha256, platform=v.platform, reason=v.reason
+    )
+
+
 def _model(name: str) -> str:
     if not name:
         raise InvalidInput("field 'model' is required")
@@ -44,8 +50,8 @@ def _model(name: str) -> str:
 
 
 class AdminServicer(pb_grpc.ModelAdminServicer):  # type: ignore[misc]
-    def __init__(self, manager: DeploymentManager, metrics: Metrics) -> None:
-        self.m = manager
+    def __init__(self, deployments: DeploymentService, metrics: Metrics) -> None:
+        self.m = deployments
         self.metrics = metrics
 
     async def ListModels(self, request: Any, context: Any) -> pb.ListModelsResponse:
@@ -53,8 +59,10 @@ class AdminServicer(pb_grpc.ModelAdminServicer):  # type: ignore[misc]
         out = []
         # Hashing every available version reads files: keep it off the event loop.
         listing = await asyncio.get_running_loop().run_in_executor(None, self.m.list_models)
-        for name, versions in listing:
-            out.append(pb.ModelInfo(name=name, versions=[pb.VersionInfo(**v) for v in versions]))
+        for model in listing:
+            out.append(
+                pb.ModelInfo(name=model.name, versions=[version_pb(v) for v in model.versions])
+            )
         return pb.ListModelsResponse(models=out)
 
     async def LoadVersion(self, request: Any, context: Any) -> pb.LoadVersionResponse:
@@ -62,13 +70,7 @@ class AdminServicer(pb_grpc.ModelAdminServicer):  # type: ignore[misc]
         if request.version <= 0:
             raise InvalidInput("field 'version' must be >= 1")
         rev = await self.m.load(name, request.version, actor_of(context), request.reason)
-        model = self.m.state(name).models[request.version]
-        info = pb.VersionInfo(
-            version=request.version,
-            state="LOADED",
-            sha256=model.manifest.model_sha256,
-            platform=model.platform,
-        )
+        info = version_pb(self.m.loaded_status(name, request.version))
         return pb.LoadVersionResponse(version=info, deployment=deployment_pb(name, rev))
 
     async def UnloadVersion(self, request: Any, context: Any) -> pb.UnloadVersionResponse:
@@ -79,7 +81,7 @@ class AdminServicer(pb_grpc.ModelAdminServicer):  # type: ignore[misc]
     async def GetDeployment(self, request: Any, context: Any) -> pb.Deployment:
         name = _model(request.model)
         await self.m.refresh()
-        return deployment_pb(name, self.m.state(name).current)
+        return deployment_pb(name, self.m.current(name))
 
     async def SetTraffic(self, request: Any, context: Any) -> pb.Deployment:
         name = _model(request.model)

@@ -13,39 +13,7 @@ from riskserve._native import InputError, parse_infer_request
 from riskserve.dataplane import InferInput, InferRequest, InferResult, TensorData
 from riskserve.errors import InvalidInput
 from riskserve.pb.inference import grpc_service_pb2 as pb
-from riskserve.runtime.loaded import OUTPUT_NAME
-
-#: V2 datatype → numpy dtype (little-endian, as the protocol specifies).
-NUMPY_DTYPE: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-
-#: V2 datatype → the InferTensorContents field that carries it.
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
+from riskserve.protocol import CONTENTS_FIELD, NUMPY_DTYPE, OUTPUT_NAME
 
 _OUTPUT_TENSOR = pb.ModelInferResponse.InferOutputTensor(
     name=OUTPUT_NAME, datatype="FP32", shape=[0]

@@ -10,10 +10,10 @@ from typing import Any
 import grpc
 
 from riskserve.dataplane import SERVER_NAME, DataPlane
-from riskserve.errors import InvalidInput, RiskserveError, Unavailable
+from riskserve.deployments import DeploymentService, VersionState
+from riskserve.errors import InvalidInput, RiskserveError
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
-from riskserve.routing.manager import DeploymentManager
 from riskserve.transport.admin import actor_of
 from riskserve.transport.codec import decode_request, decode_request_bytes, encode_response
 from riskserve.transport.errors import Registrar
@@ -33,17 +33,10 @@ def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStream
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(
-        self, dataplane: DataPlane, version: str, manager: DeploymentManager | None = None
-    ) -> None:
+    def __init__(self, dataplane: DataPlane, version: str, deployments: DeploymentService) -> None:
         self._dp = dataplane
         self._version = version
-        self._manager = manager
-
-    def _mgr(self) -> DeploymentManager:
-        if self._manager is None:
-            raise Unavailable("the model repository extension is not enabled")
-        return self._manager
+        self._deployments = deployments
 
     # -- repository extension (admin: needs the bearer token) -----------------------
 
@@ -51,18 +44,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         out = []
-        listing = await asyncio.get_running_loop().run_in_executor(None, self._mgr().list_models)
-        for name, versions in listing:
-            for v in versions:
-                ready = v["state"] == "LOADED"
+        listing = await asyncio.get_running_loop().run_in_executor(
+            None, self._deployments.list_models
+        )
+        for model in listing:
+            for v in model.versions:
+                ready = v.state is VersionState.LOADED
                 if request.ready and not ready:
                     continue
                 out.append(
                     pb.RepositoryIndexResponse.ModelIndex(
-                        name=name,
-                        version=str(v["version"]),
+                        name=model.name,
+                        version=str(v.version),
                         state="READY" if ready else "UNAVAILABLE",
-                        reason=v["reason"],
+                        reason=v.reason,
                     )
                 )
         return pb.RepositoryIndexResponse(models=out)
@@ -72,14 +67,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     ) -> pb.RepositoryModelLoadResponse:
         """Loads a version (parameter `version`, default the newest in the
         registry) and sends it all traffic: LoadVersion then Promote."""
-        m = self._mgr()
         name = request.model_name
         if not name:
             raise InvalidInput("field 'model_name' is required")
-        version = _version_param(request.parameters) or m.newest_available(name)
-        actor = actor_of(context)
-        await m.load(name, version, actor, "RepositoryModelLoad")
-        await m.promote(name, version, actor, "RepositoryModelLoad")
+        version = _version_param(request.parameters) or None
+        await self._deployments.load_and_promote(name, version, actor_of(context))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
@@ -87,7 +79,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     ) -> pb.RepositoryModelUnloadResponse:
         """With parameter `version`: UnloadVersion. Without: the model leaves
         service (NOT_FOUND until loaded again)."""
-        m = self._mgr()
+        m = self._deployments
         name = request.model_name
         if not name:
             raise InvalidInput("field 'model_name' is required")

@@ -261,6 +261,15 @@ pub fn psi(counts: &[u64], reference: &[f64]) -> f64 {
         .sum()
 }
 
+/// PSI of `actual` counts against `expected` counts of the same bins (both
+/// turned into shares, floored as in [`psi`]); 0 when either side is empty.
+pub fn psi_between(actual: &[u64], expected: &[u64]) -> f64 {
+    if expected.iter().sum::<u64>() == 0 {
+        return 0.0;
+    }
+    psi(actual, &shares(expected))
+}
+
 /// Window configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct DriftConfig {

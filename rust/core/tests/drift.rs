@@ -409,6 +409,27 @@ proptest! {
         prop_assert!(v.is_finite() && v >= 0.0, "psi {v}");
     }
 
+    /// PSI between two count vectors is PSI against the expected side's shares,
+    /// 0 against itself (scaled), and 0 when the expected side is empty.
+    #[test]
+    fn psi_between_counts(
+        pairs in prop::collection::vec((0u64..10_000, 0u64..10_000), 1..30),
+        scale in 1u64..20,
+    ) {
+        let a: Vec<u64> = pairs.iter().map(|p| p.0).collect();
+        let e: Vec<u64> = pairs.iter().map(|p| p.1).collect();
+        let total: u64 = e.iter().sum();
+        let got = drift::psi_between(&a, &e);
+        if total == 0 {
+            prop_assert_eq!(got, 0.0);
+        } else {
+            let shares: Vec<f64> = e.iter().map(|&c| c as f64 / total as f64).collect();
+            prop_assert_eq!(got, drift::psi(&a, &shares));
+            let scaled: Vec<u64> = e.iter().map(|&c| c * scale).collect();
+            prop_assert!(drift::psi_between(&scaled, &e).abs() < 1e-9);
+        }
+    }
+
     /// Counts proportional to the reference shares have PSI ≈ 0.
     #[test]
     fn psi_of_reference_shares_is_zero(

@@ -172,6 +172,24 @@ impl DriftMonitor {
     }
 }
 
+/// PSI of per-bin counts `actual` against `expected` (the canary's scores against
+/// the control's).
+#[pyfunction]
+pub fn psi_between(
+    actual: PyReadonlyArray1<'_, u64>,
+    expected: PyReadonlyArray1<'_, u64>,
+) -> PyResult<f64> {
+    let (a, e) = (actual.as_slice()?, expected.as_slice()?);
+    if a.len() != e.len() {
+        return Err(PyValueError::new_err(format!(
+            "psi_between: {} bins against {}",
+            a.len(),
+            e.len()
+        )));
+    }
+    Ok(drift::psi_between(a, e))
+}
+
 /// Fits drift reference bins on training columns and holdout scores; returns the
 /// spec JSON with `reference` filled in.
 #[pyfunction]

@@ -22,6 +22,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipeline::FeaturePipeline>()?;
     m.add_class::<drift::DriftMonitor>()?;
     m.add_function(wrap_pyfunction!(drift::fit_reference, m)?)?;
+    m.add_function(wrap_pyfunction!(drift::psi_between, m)?)?;
     m.add_function(wrap_pyfunction!(pipeline::fit_spec, m)?)?;
     m.add_function(wrap_pyfunction!(hash::murmur3_32, m)?)?;
     m.add_function(wrap_pyfunction!(bytes::packed_count, m)?)?;

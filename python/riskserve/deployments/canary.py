@@ -1,6 +1,9 @@
 """The canary guard: watches every canary (a variant with traffic that is not the
 control) against its bounds over a minimum count, and rolls the deployment back
-by itself on a breach, logging why and counting it."""
+by itself on a breach, logging why and counting it.
+
+The data plane reports each request of a split deployment through `record`, with
+plain values (no data-plane type crosses into this module)."""
 
 from __future__ import annotations
 
@@ -9,25 +12,25 @@ import collections
 import dataclasses
 import logging
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 
-from riskserve.config import Settings
+from riskserve._native import psi_between
+from riskserve.config import CanarySettings
+from riskserve.deployments.history import control_version
+from riskserve.deployments.service import DeploymentService
 from riskserve.errors import RiskserveError
-
-if TYPE_CHECKING:
-    from riskserve.dataplane import InferResult
-    from riskserve.monitoring import Metrics
-    from riskserve.routing.manager import DeploymentManager
 
 log = logging.getLogger(__name__)
 
 #: Score bins for comparing a canary's scores with the control's: fraud
 #: probabilities crowd near 0, so the edges are log-spaced.
 SCORE_EDGES = np.array([1e-4, 3e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5])
-SHARE_FLOOR = 1e-4
 LATENCY_SAMPLES = 4096
+#: The actor recorded on the guard's rollbacks.
+ACTOR = "canary-guard"
 
 
 @dataclasses.dataclass
@@ -37,13 +40,13 @@ class VariantStats:
     latencies: collections.deque[float] = dataclasses.field(
         default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES)
     )
-    scores: np.ndarray = dataclasses.field(
-        default_factory=lambda: np.zeros(len(SCORE_EDGES) + 1, dtype=np.int64)
+    scores: npt.NDArray[np.uint64] = dataclasses.field(
+        default_factory=lambda: np.zeros(len(SCORE_EDGES) + 1, dtype=np.uint64)
     )
 
-    def add_scores(self, probs: np.ndarray) -> None:
+    def add_scores(self, probs: npt.NDArray[np.float32]) -> None:
         idx = np.searchsorted(SCORE_EDGES, probs, side="right")
-        self.scores += np.bincount(idx, minlength=len(self.scores))
+        self.scores += np.bincount(idx, minlength=len(self.scores)).astype(np.uint64)
 
     @property
     def error_ratio(self) -> float:
@@ -56,13 +59,9 @@ class VariantStats:
         )
 
 
-def score_psi(a: np.ndarray, e: np.ndarray) -> float:
-    """PSI of count vectors a (canary) against e (control), shares floored at 1e-4."""
-    if a.sum() == 0 or e.sum() == 0:
-        return 0.0
-    pa = np.maximum(a / a.sum(), SHARE_FLOOR)
-    pe = np.maximum(e / e.sum(), SHARE_FLOOR)
-    return float(np.sum((pa - pe) * np.log(pa / pe)))
+def score_psi(a: npt.NDArray[np.uint64], e: npt.NDArray[np.uint64]) -> float:
+    """PSI of score counts `a` (canary) against `e` (control): the core's PSI."""
+    return psi_between(np.asarray(a, dtype=np.uint64), np.asarray(e, dtype=np.uint64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +75,16 @@ class Breach:
 
 
 class CanaryGuard:
-    def __init__(self, settings: Settings, manager: DeploymentManager, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: CanarySettings,
+        deployments: DeploymentService,
+        count_rollback: Callable[[str, str], None],
+    ) -> None:
         self.s = settings
-        self.manager = manager
-        self.metrics = metrics
+        self.deployments = deployments
+        #: Called with (model, reason) for every rollback the guard makes.
+        self._count_rollback = count_rollback
         #: (model, revision the split began) → version → stats; a new split starts
         #: afresh, while loads or shadow changes that keep the split do not.
         self.stats: dict[tuple[str, int], dict[int, VariantStats]] = {}
@@ -88,40 +93,40 @@ class CanaryGuard:
         self,
         model: str,
         version: int,
-        revision: int,
+        period: int,
         seconds: float,
         ok: bool,
-        result: InferResult | None,
+        scores: npt.NDArray[np.float32] | None,
     ) -> None:
-        per = self.stats.setdefault((model, revision), {})
+        """One request of a split deployment: served by `version` during the split
+        that began at revision `period`; its scores when it succeeded."""
+        per = self.stats.setdefault((model, period), {})
         st = per.get(version)
         if st is None:
             st = per[version] = VariantStats()
         st.requests += 1
         if ok:
             st.latencies.append(seconds)
-            if result is not None:
-                st.add_scores(result.probability)
+            if scores is not None:
+                st.add_scores(scores)
         else:
             st.errors += 1
 
     def breaches(self) -> list[Breach]:
         out = []
-        for name in self.manager.names():
-            cur = self.manager.state(name).current
-            live = [(v, w) for v, w in cur.variants if w > 0]
+        for name in self.deployments.names():
+            cur = self.deployments.current(name)
+            live = cur.live
             if len(live) < 2:
                 continue
-            # The control has the largest weight; on a tie the older (lower) version,
-            # so that a new version at an even split is watched, not trusted.
-            control = max(live, key=lambda vw: (vw[1], -vw[0]))[0]
-            per = self.stats.get((name, self.manager.traffic_since(name)), {})
+            control = control_version(live)
+            per = self.stats.get((name, self.deployments.traffic_since(name)), {})
             ctl = per.get(control)
             for v, _w in live:
                 if v == control:
                     continue
                 st = per.get(v)
-                if st is None or st.requests < self.s.canary_min_requests:
+                if st is None or st.requests < self.s.min_requests:
                     continue
                 b = self.check(name, v, st, ctl)
                 if b is not None:
@@ -133,30 +138,30 @@ class CanaryGuard:
         self, name: str, version: int, st: VariantStats, ctl: VariantStats | None
     ) -> Breach | None:
         s = self.s
-        if st.error_ratio > s.canary_max_error_ratio:
+        if st.error_ratio > s.max_error_ratio:
             return Breach(
                 name,
                 version,
                 "error_ratio",
-                f"error ratio {st.error_ratio:.4f} > {s.canary_max_error_ratio} "
+                f"error ratio {st.error_ratio:.4f} > {s.max_error_ratio} "
                 f"over {st.requests} requests",
             )
         p95 = st.p95
-        if p95 > s.canary_max_p95_seconds:
+        if p95 > s.max_p95_seconds:
             return Breach(
                 name,
                 version,
                 "latency",
-                f"p95 {p95 * 1000:.2f} ms > {s.canary_max_p95_seconds * 1000:.2f} ms",
+                f"p95 {p95 * 1000:.2f} ms > {s.max_p95_seconds * 1000:.2f} ms",
             )
-        if ctl is not None and ctl.requests >= s.canary_min_requests:
+        if ctl is not None and ctl.requests >= s.min_requests:
             psi = score_psi(st.scores, ctl.scores)
-            if math.isfinite(psi) and psi > s.canary_max_score_psi:
+            if math.isfinite(psi) and psi > s.max_score_psi:
                 return Breach(
                     name,
                     version,
                     "score_psi",
-                    f"score PSI against the control {psi:.3f} > {s.canary_max_score_psi}",
+                    f"score PSI against the control {psi:.3f} > {s.max_score_psi}",
                 )
         return None
 
@@ -164,9 +169,9 @@ class CanaryGuard:
         acted = []
         for b in self.breaches():
             try:
-                await self.manager.rollback(
+                await self.deployments.rollback(
                     b.model,
-                    "canary-guard",
+                    ACTOR,
                     f"canary v{b.version}: {b.detail}",
                     expected_revision=b.revision,
                 )
@@ -176,7 +181,7 @@ class CanaryGuard:
                     extra={"model": b.model, "version": b.version, "reason": e.message},
                 )
                 continue
-            self.metrics.rollbacks.labels(b.model, f"canary_{b.kind}").inc()
+            self._count_rollback(b.model, f"canary_{b.kind}")
             log.warning(
                 "canary rolled back",
                 extra={
@@ -188,7 +193,7 @@ class CanaryGuard:
             )
             acted.append(b)
         # Forget stats of splits that are no longer current.
-        current = {(n, self.manager.traffic_since(n)) for n in self.manager.names()}
+        current = {(n, self.deployments.traffic_since(n)) for n in self.deployments.names()}
         for key in list(self.stats):
             if key not in current:
                 del self.stats[key]
@@ -196,7 +201,7 @@ class CanaryGuard:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.s.canary_check_seconds)
+            await asyncio.sleep(self.s.check_seconds)
             try:
                 await self.enforce()
             except Exception:

@@ -1,4 +1,4 @@
-"""Deployment manager failure paths with real models on a real registry: a
+"""Deployment service failure paths with real models on a real registry: a
 restart after a weight-0 version vanished, a state write that fails (memory must
 stay equal to disk), and a canary guard facing two failing canaries at once."""
 
@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pytest
 from conftest import train_fraud
-from prometheus_client import CollectorRegistry
 
-from riskserve.config import Settings
+from riskserve.config import CanarySettings
+from riskserve.deployments import STATE_FILE, DeploymentService
+from riskserve.deployments.canary import CanaryGuard, VariantStats
 from riskserve.errors import Conflict, Unavailable
-from riskserve.monitoring import Metrics
-from riskserve.registry import ModelRepository
+from riskserve.registry import ModelRepository, VersionRef
 from riskserve.routing import RoutingTable
-from riskserve.routing.guard import CanaryGuard, VariantStats
-from riskserve.routing.manager import STATE_FILE, DeploymentManager
+from riskserve.runtime import LoadedModel, load_version
 from riskserve.training.datagen import run_datagen
 
 
@@ -39,10 +38,20 @@ def models(trained: Path, tmp_path: Path) -> Path:
     return tmp_path / "models"
 
 
-def manager(models: Path, **settings: object) -> tuple[DeploymentManager, list[RoutingTable]]:
+def manager(models: Path) -> tuple[DeploymentService, list[RoutingTable]]:
+    """A service loading the real versions (drift counting off)."""
     published: list[RoutingTable] = []
-    s = Settings(models_dir=models, drift_enabled=False, **settings)  # type: ignore[arg-type]
-    return DeploymentManager(s, ModelRepository(models), published.append), published
+    repo = ModelRepository(models)
+
+    def loader(ref: VersionRef) -> LoadedModel:
+        return load_version(repo, ref, drift_slots=0)
+
+    return DeploymentService(repo, loader, published.append), published
+
+
+def guard_of(mgr: DeploymentService) -> CanaryGuard:
+    s = CanarySettings(min_requests=10, max_error_ratio=0.05)
+    return CanaryGuard(s, mgr, lambda model, reason: None)
 
 
 def test_restart_after_a_zero_weight_version_vanished(models: Path) -> None:
@@ -126,13 +135,13 @@ def test_a_failed_first_load_of_a_new_model_leaves_no_state(models: Path) -> Non
 
 
 def test_two_failing_canaries_roll_back_once(models: Path) -> None:
-    mgr, _ = manager(models, canary_min_requests=10, canary_max_error_ratio=0.05)
+    mgr, _ = manager(models)
     mgr.restore()  # v3 live (newest)
 
     async def run() -> None:
         await mgr.promote("fraud", 2, "t", "v2 live")
         split = await mgr.set_traffic("fraud", [(2, 80), (3, 10), (1, 10)], "", "t", "")
-        guard = CanaryGuard(mgr.settings, mgr, Metrics(CollectorRegistry()))
+        guard = guard_of(mgr)
         for v in (1, 2, 3):
             guard.stats.setdefault(("fraud", split.revision), {})[v] = VariantStats(
                 requests=100, errors=50 if v != 2 else 0
@@ -151,14 +160,14 @@ def test_two_failing_canaries_roll_back_once(models: Path) -> None:
 
 
 def test_canary_stats_survive_changes_that_keep_the_split(models: Path) -> None:
-    mgr, _ = manager(models, canary_min_requests=10, canary_max_error_ratio=0.05)
+    mgr, _ = manager(models)
     mgr.restore()  # v1, v2, v3 loaded; v3 live
 
     async def run() -> None:
         split = await mgr.set_traffic("fraud", [(3, 90), (2, 10)], "", "t", "canary v2")
         since = mgr.traffic_since("fraud")
         assert since == split.revision
-        guard = CanaryGuard(mgr.settings, mgr, Metrics(CollectorRegistry()))
+        guard = guard_of(mgr)
         guard.stats[("fraud", since)] = {
             3: VariantStats(requests=100),
             2: VariantStats(requests=100, errors=40),

@@ -1,0 +1,413 @@
+"""A deployment's history: the `Revision` record and one pure function per change.
+
+A change is a function from the current revision (and what is loaded) to the next
+one; it raises when the change is not allowed. Nothing here does I/O, loads a
+model or knows asyncio: the service (riskserve.deployments.service) takes the
+locks, loads versions, writes deployment.json and publishes the routing table
+around these functions."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+from riskserve.errors import Conflict, InvalidInput, NotFound
+
+#: Variants as (version, weight percent), sorted by version.
+Variants = tuple[tuple[int, int], ...]
+#: An input signature: (name, V2 datatype) pairs.
+Signature = Sequence[tuple[str, str]]
+
+#: The actor recorded for changes riskserve makes by itself.
+SYSTEM_ACTOR = "riskserve"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class Revision:
+    revision: int
+    action: str
+    variants: Variants
+    salt: str
+    shadow_version: int | None
+    shadow_percent: float
+    loaded: tuple[int, ...]
+    updated_at: str
+    actor: str
+    reason: str
+    #: The next rollback searches revisions numbered below this.
+    undo_from: int
+
+    def traffic(self) -> tuple[Any, ...]:
+        """What routing sees: variants with weight, salt, shadow (a version at weight 0
+        takes no traffic, so loading or unloading one is not a traffic change)."""
+        return (self.live, self.salt, self.shadow_version, self.shadow_percent)
+
+    @property
+    def live(self) -> Variants:
+        """The variants that take traffic."""
+        return tuple((v, w) for v, w in self.variants if w > 0)
+
+    @property
+    def removed(self) -> bool:
+        """The model is out of service (RepositoryModelUnload, or nothing takes traffic)."""
+        return self.action == "remove" or not self.live
+
+    @property
+    def wanted(self) -> set[int]:
+        """Every version this revision needs loaded."""
+        out = set(self.loaded) | {v for v, _ in self.variants}
+        if self.shadow_version is not None:
+            out.add(self.shadow_version)
+        return out
+
+    @property
+    def control(self) -> int:
+        return control_version(self.variants)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "action": self.action,
+            "variants": [list(v) for v in self.variants],
+            "salt": self.salt,
+            "shadow_version": self.shadow_version,
+            "shadow_percent": self.shadow_percent,
+            "loaded": list(self.loaded),
+            "updated_at": self.updated_at,
+            "actor": self.actor,
+            "reason": self.reason,
+            "undo_from": self.undo_from,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Revision:
+        return cls(
+            revision=int(d["revision"]),
+            action=str(d["action"]),
+            variants=tuple((int(v), int(w)) for v, w in d["variants"]),
+            salt=str(d["salt"]),
+            shadow_version=None if d.get("shadow_version") is None else int(d["shadow_version"]),
+            shadow_percent=float(d.get("shadow_percent", 0.0)),
+            loaded=tuple(int(v) for v in d["loaded"]),
+            updated_at=str(d["updated_at"]),
+            actor=str(d.get("actor", "")),
+            reason=str(d.get("reason", "")),
+            undo_from=int(d.get("undo_from", d["revision"])),
+        )
+
+
+def control_version(variants: Iterable[tuple[int, int]]) -> int:
+    """The control of a split: the largest weight; on a tie the older (lower)
+    version, so that a new version at an even split is watched, not trusted."""
+    return max(variants, key=lambda vw: (vw[1], -vw[0]))[0]
+
+
+def traffic_since(history: Sequence[Revision]) -> int:
+    """The revision at which the current traffic split began: later revisions
+    that only load, unload or re-save do not start a new canary period."""
+    cur = history[-1].traffic()
+    since = history[-1].revision
+    for r in reversed(history[:-1]):
+        if r.traffic() != cur:
+            break
+        since = r.revision
+    return since
+
+
+def incompatibility(control: int, have: Signature, candidate: Signature) -> str | None:
+    """Why a version with inputs `candidate` cannot join a deployment whose control
+    (version `control`) has inputs `have`, or None."""
+    if sorted(have) == sorted(candidate):
+        return None
+    missing = sorted(set(have) - set(candidate))
+    extra = sorted(set(candidate) - set(have))
+    return (
+        f"inputs differ from version {control}: "
+        f"missing {[f'{n}:{t}' for n, t in missing]}, new {[f'{n}:{t}' for n, t in extra]}"
+    )
+
+
+# -- changes -------------------------------------------------------------------------
+
+
+def _next(
+    cur: Revision | None,
+    action: str,
+    *,
+    variants: Variants,
+    salt: str,
+    shadow: tuple[int | None, float],
+    loaded: Collection[int],
+    actor: str,
+    reason: str,
+    at: str,
+    undo_from: int | None = None,
+) -> Revision:
+    no = cur.revision + 1 if cur is not None else 1
+    shadow_version, shadow_percent = shadow
+    return Revision(
+        revision=no,
+        action=action,
+        variants=tuple(sorted(variants)),
+        salt=salt,
+        shadow_version=shadow_version,
+        shadow_percent=shadow_percent if shadow_version is not None else 0.0,
+        loaded=tuple(sorted(loaded)),
+        updated_at=at,
+        actor=actor,
+        reason=reason,
+        undo_from=no if undo_from is None else undo_from,
+    )
+
+
+def _shadow(cur: Revision) -> tuple[int | None, float]:
+    return cur.shadow_version, cur.shadow_percent
+
+
+def _shadow_without(cur: Revision, version: int) -> tuple[int | None, float]:
+    """The current shadow, unless it is `version` (unloaded, or promoted to take
+    the traffic itself)."""
+    return (None, 0.0) if cur.shadow_version == version else _shadow(cur)
+
+
+def first_load(
+    name: str, prev: Revision | None, version: int, actor: str, reason: str, at: str
+) -> Revision:
+    """The first version of a model (new, or back after its removal): all traffic."""
+    return _next(
+        prev,
+        "load",
+        variants=((version, 100),),
+        salt=name,
+        shadow=(None, 0.0),
+        loaded=(version,),
+        actor=actor,
+        reason=reason or "first version of a new model",
+        at=at,
+    )
+
+
+def load(cur: Revision, loaded: Collection[int], actor: str, reason: str, at: str) -> Revision:
+    """Another version joins at weight 0 (traffic unchanged)."""
+    return _next(
+        cur,
+        "load",
+        variants=cur.variants,
+        salt=cur.salt,
+        shadow=_shadow(cur),
+        loaded=loaded,
+        actor=actor,
+        reason=reason,
+        at=at,
+    )
+
+
+def unload(
+    name: str, cur: Revision, loaded: Collection[int], version: int, actor: str, reason: str, at: str
+) -> Revision:
+    """`version` leaves (it must take no traffic); `loaded` no longer holds it."""
+    if version not in loaded:
+        raise NotFound(f"model {name!r} version {version} is not loaded")
+    if any(v == version for v, _ in cur.live):
+        raise Conflict(f"{name} version {version} takes traffic; move its traffic away first")
+    return _next(
+        cur,
+        "unload",
+        variants=tuple((v, w) for v, w in cur.variants if v != version),
+        salt=cur.salt,
+        shadow=_shadow_without(cur, version),
+        loaded=[v for v in loaded if v != version],
+        actor=actor,
+        reason=reason,
+        at=at,
+    )
+
+
+def remove(cur: Revision, actor: str, reason: str, at: str) -> Revision:
+    """The model leaves service (NOT_FOUND until a version is loaded again)."""
+    return _next(
+        cur,
+        "remove",
+        variants=(),
+        salt=cur.salt,
+        shadow=(None, 0.0),
+        loaded=(),
+        actor=actor,
+        reason=reason,
+        at=at,
+    )
+
+
+def check_variants(
+    name: str, variants: Sequence[tuple[int, int]], loaded: Collection[int]
+) -> Variants:
+    """A valid split: each version once, loaded, weights in 0..100 summing to 100."""
+    if not variants:
+        raise InvalidInput("at least one variant is needed")
+    seen: set[int] = set()
+    for v, w in variants:
+        if v in seen:
+            raise InvalidInput(f"version {v} is listed twice")
+        seen.add(v)
+        if not 0 <= w <= 100:
+            raise InvalidInput(f"weight of version {v} must be in 0..100, got {w}")
+        if v not in loaded:
+            raise Conflict(f"{name} version {v} is not loaded; load it first")
+    total = sum(w for _, w in variants)
+    if total != 100:
+        raise InvalidInput(f"weights must sum to 100, got {total}")
+    return tuple(sorted(variants))
+
+
+def set_traffic(
+    name: str,
+    cur: Revision,
+    loaded: Collection[int],
+    variants: Sequence[tuple[int, int]],
+    salt: str,
+    actor: str,
+    reason: str,
+    at: str,
+) -> Revision:
+    return _next(
+        cur,
+        "set_traffic",
+        variants=check_variants(name, variants, loaded),
+        salt=salt or cur.salt,
+        shadow=_shadow(cur),
+        loaded=loaded,
+        actor=actor,
+        reason=reason,
+        at=at,
+    )
+
+
+def set_shadow(
+    name: str,
+    cur: Revision,
+    loaded: Collection[int],
+    version: int,
+    percent: float,
+    actor: str,
+    reason: str,
+    at: str,
+) -> Revision:
+    """Version 0 or 0 % turns the shadow off."""
+    if not 0.0 <= percent <= 100.0:
+        raise InvalidInput(f"shadow sample percent must be in 0..100, got {percent}")
+    shadow: tuple[int | None, float] = (None, 0.0)
+    if version != 0 and percent != 0:
+        if version not in loaded:
+            raise Conflict(f"{name} version {version} is not loaded; load it first")
+        shadow = (version, percent)
+    return _next(
+        cur,
+        "set_shadow",
+        variants=cur.variants,
+        salt=cur.salt,
+        shadow=shadow,
+        loaded=loaded,
+        actor=actor,
+        reason=reason,
+        at=at,
+    )
+
+
+def promote(
+    name: str, cur: Revision, loaded: Collection[int], version: int, actor: str, reason: str, at: str
+) -> Revision:
+    """`version` takes all traffic; the other variants stay at weight 0."""
+    if version not in loaded:
+        raise Conflict(f"{name} version {version} is not loaded; load it first")
+    variants = tuple(sorted(({v: 0 for v, _ in cur.variants} | {version: 100}).items()))
+    return _next(
+        cur,
+        "promote",
+        variants=variants,
+        salt=cur.salt,
+        shadow=_shadow_without(cur, version),
+        loaded=loaded,
+        actor=actor,
+        reason=reason,
+        at=at,
+    )
+
+
+def rollback_target(name: str, history: Sequence[Revision]) -> Revision:
+    """The revision a rollback restores: the newest one before the current undo
+    point that had traffic (a revision without traffic marks a removal) and a
+    different split."""
+    cur = history[-1]
+    for r in reversed(history):
+        if r.revision < cur.undo_from and r.live and r.traffic() != cur.traffic():
+            return r
+    raise Conflict(f"{name} has no earlier deployment revision to roll back to")
+
+
+def rollback(
+    cur: Revision, target: Revision, loaded: Collection[int], actor: str, reason: str, at: str
+) -> Revision:
+    """Back to `target`'s split; `loaded` must hold every version it needs. Its
+    weight-0 versions that have been unloaded since stay out."""
+    return _next(
+        cur,
+        "rollback",
+        variants=tuple((v, w) for v, w in target.variants if w > 0 or v in loaded),
+        salt=target.salt,
+        shadow=_shadow(target),
+        loaded=loaded,
+        actor=actor,
+        reason=reason or f"roll back to revision {target.revision}",
+        at=at,
+        undo_from=target.revision,
+    )
+
+
+# -- restore at start --------------------------------------------------------------
+
+
+def reconcile(cur: Revision, loaded: Collection[int], at: str) -> Revision | None:
+    """`cur` restored with the versions that loaded: None when it can be served as
+    it is; a "restore" revision when only versions without traffic (weight 0, the
+    shadow, loaded spares) are missing. Raises Conflict when a version with
+    traffic did not load (the caller then starts afresh)."""
+    missing_live = [v for v, _ in cur.live if v not in loaded]
+    if missing_live:
+        raise Conflict(f"versions {missing_live} take traffic but did not load")
+    shadow_ok = cur.shadow_version is None or cur.shadow_version in loaded
+    stale = {v for v, _ in cur.variants if v not in loaded}
+    if shadow_ok and not (set(cur.loaded) - set(loaded)) and not stale:
+        return None
+    return _next(
+        cur,
+        "restore",
+        variants=tuple((v, w) for v, w in cur.variants if v not in stale),
+        salt=cur.salt,
+        shadow=_shadow(cur) if shadow_ok else (None, 0.0),
+        loaded=loaded,
+        actor=SYSTEM_ACTOR,
+        reason="some versions failed to load at start",
+        at=at,
+    )
+
+
+def fresh_start(name: str, prev: Revision | None, loaded: Collection[int], at: str) -> Revision:
+    """No usable state: the newest loaded version takes all traffic."""
+    live = max(loaded)
+    return _next(
+        prev,
+        "start",
+        variants=((live, 100),),
+        salt=name,
+        shadow=(None, 0.0),
+        loaded=loaded,
+        actor=SYSTEM_ACTOR,
+        reason="no deployment state: newest version live",
+        at=at,
+    )

@@ -1,0 +1,228 @@
+"""The pure change functions of riskserve.deployments.history: no models, no files,
+no event loop. Each change is a function from one revision to the next."""
+
+from __future__ import annotations
+
+import pytest
+
+from riskserve.deployments import history as h
+from riskserve.deployments.history import Revision
+from riskserve.errors import Conflict, InvalidInput, NotFound
+
+AT = "2026-01-01T00:00:00.000+00:00"
+
+
+def rev(
+    variants: tuple[tuple[int, int], ...] = ((1, 100), (2, 0)),
+    *,
+    revision: int = 1,
+    loaded: tuple[int, ...] = (1, 2),
+    shadow: int | None = None,
+    percent: float = 0.0,
+    action: str = "start",
+    undo_from: int | None = None,
+) -> Revision:
+    return Revision(
+        revision=revision,
+        action=action,
+        variants=variants,
+        salt="fraud",
+        shadow_version=shadow,
+        shadow_percent=percent,
+        loaded=loaded,
+        updated_at=AT,
+        actor="t",
+        reason="",
+        undo_from=revision if undo_from is None else undo_from,
+    )
+
+
+def test_revision_json_round_trip() -> None:
+    r = rev(((1, 90), (2, 10)), shadow=2, percent=5.0, revision=7, undo_from=3)
+    assert Revision.from_json(r.to_json()) == r
+
+
+def test_from_json_defaults_for_older_files() -> None:
+    d = rev().to_json()
+    for k in ("actor", "reason", "undo_from", "shadow_percent"):
+        del d[k]
+    r = Revision.from_json(d)
+    assert r.actor == "" and r.undo_from == 1 and r.shadow_percent == 0.0
+
+
+@pytest.mark.parametrize(
+    "variants,control",
+    [
+        (((1, 90), (2, 10)), 1),
+        (((1, 10), (2, 90)), 2),
+        (((1, 50), (2, 50)), 1),  # a tie: the older version is the control
+        (((3, 50), (2, 50)), 2),
+        (((1, 0), (2, 100)), 2),
+    ],
+)
+def test_control_version(variants: tuple[tuple[int, int], ...], control: int) -> None:
+    assert h.control_version(variants) == control
+    assert rev(variants).control == control
+
+
+def test_traffic_ignores_weight_zero_versions() -> None:
+    assert rev(((1, 100), (2, 0))).traffic() == rev(((1, 100),), loaded=(1,)).traffic()
+    assert rev(((1, 100),)).traffic() != rev(((1, 100),), shadow=2, percent=1.0).traffic()
+
+
+def test_traffic_since_skips_revisions_that_keep_the_split() -> None:
+    history = [
+        rev(((1, 100),), revision=1),
+        rev(((1, 90), (2, 10)), revision=2),
+        rev(((1, 90), (2, 10), (3, 0)), revision=3, loaded=(1, 2, 3)),  # a load
+        rev(((1, 90), (2, 10)), revision=4),  # an unload
+    ]
+    assert h.traffic_since(history) == 2
+    assert h.traffic_since(history[:1]) == 1
+
+
+def test_incompatibility_names_missing_and_new_inputs() -> None:
+    have = [("amount", "FP64"), ("country", "BYTES")]
+    assert h.incompatibility(1, have, list(reversed(have))) is None
+    why = h.incompatibility(1, have, [("amount", "FP32"), ("country", "BYTES")])
+    assert why == "inputs differ from version 1: missing ['amount:FP64'], new ['amount:FP32']"
+
+
+@pytest.mark.parametrize(
+    "variants,error,match",
+    [
+        ([(1, 50), (2, 40)], InvalidInput, "weights must sum to 100, got 90"),
+        ([(1, 60), (2, 50)], InvalidInput, "weights must sum to 100, got 110"),
+        ([], InvalidInput, "at least one variant"),
+        ([(1, 50), (1, 50)], InvalidInput, "listed twice"),
+        ([(1, 101), (2, -1)], InvalidInput, "must be in 0..100"),
+        ([(1, 50), (3, 50)], Conflict, "fraud version 3 is not loaded"),
+    ],
+)
+def test_set_traffic_refuses_bad_splits(
+    variants: list[tuple[int, int]], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        h.set_traffic("fraud", rev(), {1, 2}, variants, "", "t", "", AT)
+
+
+def test_set_traffic_sorts_keeps_salt_and_shadow() -> None:
+    cur = rev(shadow=2, percent=3.0)
+    nxt = h.set_traffic("fraud", cur, {1, 2}, [(2, 10), (1, 90)], "", "ann", "why", AT)
+    assert nxt.revision == 2 and nxt.action == "set_traffic" and nxt.undo_from == 2
+    assert nxt.variants == ((1, 90), (2, 10)) and nxt.salt == "fraud"
+    assert (nxt.shadow_version, nxt.shadow_percent) == (2, 3.0)
+    assert (nxt.actor, nxt.reason, nxt.updated_at) == ("ann", "why", AT)
+    assert h.set_traffic("fraud", cur, {1, 2}, [(1, 100)], "s2", "t", "", AT).salt == "s2"
+
+
+def test_load_keeps_traffic_and_records_what_is_loaded() -> None:
+    nxt = h.load(rev(), {1, 2, 3}, "t", "", AT)
+    assert nxt.variants == rev().variants and nxt.loaded == (1, 2, 3) and nxt.action == "load"
+
+
+def test_first_load_gives_the_version_all_traffic_after_a_removal() -> None:
+    removed = rev((), revision=5, loaded=(), action="remove")
+    nxt = h.first_load("fraud", removed, 3, "t", "", AT)
+    assert nxt.revision == 6 and nxt.variants == ((3, 100),) and nxt.loaded == (3,)
+    assert nxt.reason == "first version of a new model"
+    assert h.first_load("fraud", None, 1, "t", "", AT).revision == 1
+
+
+def test_unload() -> None:
+    cur = rev(((1, 100), (2, 0)), shadow=2, percent=5.0)
+    nxt = h.unload("fraud", cur, {1, 2}, 2, "t", "", AT)
+    assert nxt.variants == ((1, 100),) and nxt.loaded == (1,)
+    assert nxt.shadow_version is None and nxt.shadow_percent == 0.0  # it was the shadow
+    with pytest.raises(Conflict, match="takes traffic"):
+        h.unload("fraud", cur, {1, 2}, 1, "t", "", AT)
+    with pytest.raises(NotFound, match="version 9 is not loaded"):
+        h.unload("fraud", cur, {1, 2}, 9, "t", "", AT)
+
+
+def test_set_shadow() -> None:
+    on = h.set_shadow("fraud", rev(), {1, 2}, 2, 10.0, "t", "", AT)
+    assert (on.shadow_version, on.shadow_percent, on.variants) == (2, 10.0, rev().variants)
+    off = h.set_shadow("fraud", on, {1, 2}, 2, 0.0, "t", "", AT)
+    assert (off.shadow_version, off.shadow_percent) == (None, 0.0)
+    assert h.set_shadow("fraud", on, {1, 2}, 0, 50.0, "t", "", AT).shadow_version is None
+    with pytest.raises(InvalidInput, match="0..100"):
+        h.set_shadow("fraud", rev(), {1, 2}, 2, 100.5, "t", "", AT)
+    with pytest.raises(Conflict, match="version 3 is not loaded"):
+        h.set_shadow("fraud", rev(), {1, 2}, 3, 1.0, "t", "", AT)
+
+
+def test_promote_keeps_others_at_zero_and_drops_a_promoted_shadow() -> None:
+    cur = rev(((1, 90), (2, 10)), loaded=(1, 2, 3), shadow=3, percent=5.0)
+    nxt = h.promote("fraud", cur, {1, 2, 3}, 3, "t", "", AT)
+    assert nxt.variants == ((1, 0), (2, 0), (3, 100))
+    assert nxt.shadow_version is None
+    kept = h.promote("fraud", cur, {1, 2, 3}, 2, "t", "", AT)
+    assert kept.shadow_version == 3 and kept.variants == ((1, 0), (2, 100))
+    with pytest.raises(Conflict, match="version 4 is not loaded"):
+        h.promote("fraud", cur, {1, 2, 3}, 4, "t", "", AT)
+
+
+def test_remove() -> None:
+    nxt = h.remove(rev(shadow=2, percent=1.0), "t", "gone", AT)
+    assert nxt.action == "remove" and nxt.variants == () and nxt.loaded == ()
+    assert nxt.removed and nxt.shadow_version is None
+
+
+def _chain(*changes: Revision) -> list[Revision]:
+    return list(changes)
+
+
+def test_rollback_target_skips_revisions_without_a_traffic_change() -> None:
+    history = _chain(
+        rev(((1, 100),), revision=1, loaded=(1, 2)),
+        rev(((1, 70), (2, 30)), revision=2),
+        rev(((1, 100),), revision=3),
+        rev(((1, 100), (2, 0)), revision=4),  # a load: the same traffic
+    )
+    assert h.rollback_target("fraud", history).revision == 2
+
+
+def test_rollback_target_skips_removals_and_respects_the_undo_point() -> None:
+    history = _chain(
+        rev(((1, 100),), revision=1),
+        rev((), revision=2, action="remove", loaded=()),
+        rev(((2, 100),), revision=3, loaded=(2,)),
+    )
+    assert h.rollback_target("fraud", history).revision == 1
+    undone = [*history, rev(((1, 100),), revision=4, undo_from=1, action="rollback")]
+    with pytest.raises(Conflict, match="no earlier deployment revision"):
+        h.rollback_target("fraud", undone)
+
+
+def test_rollback_restores_the_split_without_unloaded_zero_weight_versions() -> None:
+    target = rev(((1, 50), (2, 0), (3, 50)), revision=2, shadow=3, percent=2.0)
+    cur = rev(((1, 100), (3, 0)), revision=4, loaded=(1, 3))
+    nxt = h.rollback(cur, target, {1, 3}, "t", "", AT)
+    assert nxt.variants == ((1, 50), (3, 50)) and nxt.loaded == (1, 3)
+    assert nxt.undo_from == 2 and nxt.revision == 5 and nxt.action == "rollback"
+    assert nxt.reason == "roll back to revision 2" and nxt.shadow_version == 3
+
+
+def test_reconcile_serves_a_complete_revision_as_it_is() -> None:
+    assert h.reconcile(rev(), {1, 2}, AT) is None
+
+
+def test_reconcile_drops_missing_versions_without_traffic() -> None:
+    cur = rev(((1, 100), (2, 0)), loaded=(1, 2, 3), shadow=3, percent=5.0)
+    nxt = h.reconcile(cur, {1}, AT)
+    assert nxt is not None and nxt.action == "restore" and nxt.actor == h.SYSTEM_ACTOR
+    assert nxt.variants == ((1, 100),) and nxt.loaded == (1,)
+    assert nxt.shadow_version is None and nxt.revision == 2
+
+
+def test_reconcile_refuses_when_a_version_with_traffic_is_missing() -> None:
+    with pytest.raises(Conflict, match=r"versions \[2\] take traffic"):
+        h.reconcile(rev(((1, 50), (2, 50))), {1}, AT)
+
+
+def test_fresh_start_serves_the_newest() -> None:
+    nxt = h.fresh_start("fraud", None, {1, 3, 2}, AT)
+    assert nxt.revision == 1 and nxt.variants == ((3, 100),) and nxt.loaded == (1, 2, 3)
+    after = h.fresh_start("fraud", rev(revision=9), {1}, AT)
+    assert after.revision == 10 and after.action == "start"
