@@ -9,7 +9,7 @@ RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml C
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all install build serve test tools test-rust test-python lint fmt demo-model bench clean proto
+.PHONY: all install build serve test test-fast tools test-rust test-python lint fmt demo-model bench clean proto
 
 all: build
 
@@ -45,7 +45,13 @@ serve: demo-model
 	@echo "   $(VENV)/bin/riskserve score --server localhost:$(PORT) --model fraud --json '{\"amount\": 950.0, \"currency\": \"USD\", \"channel\": \"ecommerce\", \"card_present\": false, \"transaction_hour\": 3, \"new_device\": true}'"
 	$(VENV)/bin/riskserve serve --models $(MODELS) --port $(PORT)
 
+# Everything: Rust, lint, and every Python test tier (needs cargo and `tools`).
 test: test-rust lint test-python
+
+# The unit tier only (markers: tests/conftest.py): no server, no subprocess of
+# riskserve, no cargo or lleaves builds, nothing from `tools`.
+test-fast: $(VENV)/.built
+	$(PY) -m pytest -q -m "unit and not slow and not tools"
 
 # promtool and prometheus (Debian's package) for the rules tests and the real
 # Prometheus scrape test. Installed when missing.

@@ -24,9 +24,9 @@ from riskserve._native import parse_infer_request
 from riskserve.client import build_request
 from riskserve.dataplane import InferInput, InferRequest
 from riskserve.pb.inference import grpc_service_pb2 as pb
+from riskserve.protocol import NUMPY_DTYPE
 from riskserve.training.datagen import generate
 from riskserve.training.train import columns_of
-from riskserve.protocol import NUMPY_DTYPE
 from riskserve.transport.codec import decode_request
 
 SPEC = Path(__file__).resolve().parents[1] / "python/riskserve/training/specs/fraud.json"

@@ -4,7 +4,19 @@ real `riskserve serve` subprocess on port 0.
 Everything here is session-scoped and built once (~10 s): a 6,000-row training
 set, a LightGBM model `fraud` and an ONNX model `fraud_onnx` in one models folder,
 and the server serving that folder. Tests that need their own server (another
-models folder) use the `start_server` factory.
+models folder, other settings, several workers) use the `start_server` factory;
+every server in the suite is started by `start_server_process`, and every model
+trained in process by `train_model` (tests/training tests train() itself).
+
+Tiers (markers registered in pyproject.toml, set here at collection):
+
+* `unit`: no server and no riskserve subprocess. `make test-fast` runs these.
+* `e2e`: starts a real server or CLI subprocess: every test under tests/e2e and
+  every test that uses a server fixture (SERVER_FIXTURES, directly or through
+  another fixture). A test marked `unit` or `e2e` itself keeps its mark.
+* `slow`: builds with cargo or compiles with lleaves: marked in the test, or the
+  test module imports riskserve.runtime.compiled.
+* `tools`: needs a binary `make tools` installs (promtool, prometheus): NEEDS_TOOLS.
 """
 
 from __future__ import annotations
@@ -17,15 +29,22 @@ import signal
 import subprocess
 import sys
 import threading
+import types
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
 
+if TYPE_CHECKING:
+    from riskserve.training.train import TrainResult
+
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
 FRAUD_SPEC = ROOT / "python" / "riskserve" / "training" / "specs" / "fraud.json"
 
 TRAIN_ROWS = 6_000
@@ -35,7 +54,7 @@ FRESH_ROWS = 500
 FRESH_SEED = 4242
 
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
+STOP_TIMEOUT = 20.0
 
 #: Spec dtype → Open Inference Protocol datatype (docs/feature-spec.md).
 V2_DATATYPE = {"float": "FP64", "int": "INT64", "bool": "BOOL", "string": "BYTES"}
@@ -43,18 +62,61 @@ V2_DATATYPE = {"float": "FP64", "int": "INT64", "bool": "BOOL", "string": "BYTES
 #: Log substrings that mean the server hit a bug.
 BAD_LOG_MARKERS = ("Traceback", "internal error")
 
-_DEFAULT_TIMEOUT = 120  # seconds, for e2e/registry tests without their own mark
+
+# --------------------------------------------------------------------------------------
+# Test tiers
+# --------------------------------------------------------------------------------------
+
+TIERS = ("unit", "e2e")
+#: Fixtures that start a real `riskserve serve`: a test using one is e2e.
+SERVER_FIXTURES = frozenset({"server", "start_server", "launch_server"})
+#: A test module importing from one of these is slow (lleaves compiles models).
+SLOW_MODULES = frozenset({"riskserve.runtime.compiled"})
+#: Test files that need promtool or prometheus (`make tools`).
+NEEDS_TOOLS = frozenset({"monitoring/test_rules.py", "monitoring/test_prometheus_scrape.py"})
+
+_DEFAULT_TIMEOUT = 120  # seconds, for e2e and registry tests without their own mark
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The item's own `unit`/`e2e` mark (the closest one), else e2e for tests/e2e and
+    for tests using a server fixture, else unit."""
+    uses_server = sorted(SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    for mark in item.iter_markers():
+        if mark.name in TIERS:
+            if mark.name == "unit" and uses_server:
+                raise pytest.UsageError(f"{item.nodeid} is marked unit but uses {uses_server}")
+            return mark.name
+    path = Path(str(item.path)).resolve()
+    return "e2e" if uses_server or path.is_relative_to(TESTS / "e2e") else "unit"
+
+
+def _imports_slow_module(module: types.ModuleType | None) -> bool:
+    if module is None:
+        return False
+    for value in vars(module).values():
+        name = value.__name__ if isinstance(value, types.ModuleType) else None
+        if (name or getattr(value, "__module__", None)) in SLOW_MODULES:
+            return True
+    return False
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = Path(__file__).resolve().parent
-    scoped = (here / "e2e", here / "registry")
+    slow_files: dict[Path, bool] = {}
     for item in items:
         path = Path(str(item.path)).resolve()
-        if (
-            any(path.is_relative_to(d) for d in scoped)
-            and item.get_closest_marker("timeout") is None
-        ):
+        rel = path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else ""
+        tier = tier_of(item)
+        if item.get_closest_marker(tier) is None:
+            item.add_marker(tier)
+        if path not in slow_files:
+            slow_files[path] = _imports_slow_module(getattr(item, "module", None))
+        if slow_files[path] and item.get_closest_marker("slow") is None:
+            item.add_marker("slow")
+        if rel in NEEDS_TOOLS:
+            item.add_marker("tools")
+        timed = tier == "e2e" or rel.startswith("registry/")
+        if timed and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(_DEFAULT_TIMEOUT))
 
 
@@ -69,31 +131,63 @@ class ServerHandle:
 
     proc: subprocess.Popen[str]
     port: int
+    #: Its output so far, stdout and stderr (the JSON log) in one stream.
     lines: list[str]
     reader: threading.Thread
     #: Set by a test that deliberately provokes an internal error.
     allow_internal_errors: bool = False
     #: The Prometheus /metrics port the server logged.
     metrics_port: int = 0
+    _channel: grpc.Channel | None = dataclasses.field(default=None, repr=False)
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def channel(self) -> grpc.Channel:
+        """One channel to the server, opened on first use and closed by stop()."""
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.target)
+            grpc.channel_ready_future(self._channel).result(timeout=10)
+        return self._channel
+
+    @property
+    def stub(self) -> Any:
+        """A GRPCInferenceServiceStub on `channel`."""
+        from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
+
+        return pb_grpc.GRPCInferenceServiceStub(self.channel)
+
     def log_text(self) -> str:
         return "".join(self.lines)
 
-    def events(self) -> list[dict[str, Any]]:
-        """The JSON log records so far (non-JSON lines are skipped)."""
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The JSON log records so far (non-JSON lines are skipped); only those whose
+        "event" is `name` when given."""
         out = []
         for line in list(self.lines):
             try:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(rec, dict):
+            if isinstance(rec, dict) and (name is None or rec.get("event") == name):
                 out.append(rec)
         return out
+
+    def metric(self, sample: str, **labels: str) -> float:
+        """Sum of the samples named `sample` on /metrics whose labels include `labels`."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+        total = 0.0
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
 
     def bad_lines(self) -> list[str]:
         bad = [ln for ln in list(self.lines) if any(m in ln for m in BAD_LOG_MARKERS)]
@@ -102,6 +196,9 @@ class ServerHandle:
 
     def stop(self) -> int:
         """SIGTERM, then wait; returns the exit code (kills it after STOP_TIMEOUT)."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -123,7 +220,7 @@ class ServerHandle:
         """Exit code 0 after SIGTERM, a "stopped" line, and no traceback in the log."""
         log = self.log_text()
         assert rc == 0, f"server exited with {rc} after SIGTERM\n{log[-5000:]}"
-        assert any(e.get("event") == "stopped" for e in self.events()), log[-5000:]
+        assert self.events("stopped"), log[-5000:]
         if not self.allow_internal_errors:
             bad = self.bad_lines()
             assert not bad, "server log has tracebacks / internal errors:\n" + "\n".join(bad)
@@ -136,14 +233,21 @@ def _server_env() -> dict[str, str]:
 
 
 def start_server_process(
-    models_dir: Path, *extra_args: str, env: Mapping[str, str] | None = None
+    models_dir: Path,
+    *extra_args: str,
+    env: Mapping[str, str] | None = None,
+    workers: int | None = None,
 ) -> ServerHandle:
-    """Starts `python -m riskserve.cli serve` on port 0; returns once it logs "serving".
-    The test's own RISKSERVE_* variables are dropped; `env` adds settings."""
+    """Starts `python -m riskserve.cli serve` on port 0 (`--workers` when given);
+    returns once it logs "serving", with its gRPC and metrics ports. The test's own
+    RISKSERVE_* variables are dropped; `env` adds settings. The server's stdout and
+    stderr are read into `lines` for its whole life. The caller stops it (stop(),
+    stop_and_check()); the `start_server` fixture does that itself."""
+    workers_args = () if workers is None else ("--workers", str(workers))
     cmd = [
         sys.executable, "-m", "riskserve.cli", "serve",
         "--models", str(models_dir), "--host", "127.0.0.1", "--port", "0",
-        *extra_args,
+        *workers_args, *extra_args,
     ]  # fmt: skip
     proc = subprocess.Popen(
         cmd,
@@ -205,8 +309,6 @@ def _kill_leftover_servers() -> None:
 
 def served_versions(target: str, models: list[str]) -> dict[str, list[str] | str]:
     """ModelMetadata.versions per model, or the gRPC status name when it fails."""
-    import grpc
-
     from riskserve.pb.inference import grpc_service_pb2 as pb
     from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 
@@ -235,11 +337,17 @@ def launch_server() -> Callable[..., ServerHandle]:
 
 @pytest.fixture
 def start_server() -> Iterator[Callable[..., ServerHandle]]:
-    """Factory: start_server(models_dir) → ServerHandle, stopped and checked afterwards."""
+    """Factory: start_server(models_dir, *args, env=..., workers=...) → ServerHandle
+    (start_server_process's arguments), every one stopped and checked afterwards."""
     started: list[ServerHandle] = []
 
-    def start(models_dir: Path, *extra_args: str) -> ServerHandle:
-        h = start_server_process(models_dir, *extra_args)
+    def start(
+        models_dir: Path,
+        *extra_args: str,
+        env: Mapping[str, str] | None = None,
+        workers: int | None = None,
+    ) -> ServerHandle:
+        h = start_server_process(models_dir, *extra_args, env=env, workers=workers)
         started.append(h)
         return h
 
@@ -254,20 +362,33 @@ def start_server() -> Iterator[Callable[..., ServerHandle]]:
 # --------------------------------------------------------------------------------------
 
 
-def train_fraud(data: Path, models: Path, rounds: int, seed: int = 0) -> Any:
-    """Trains a real model "fraud" (fraud spec, target is_fraud) on the datagen rows in
-    `data` into `models`; returns train()'s result (its `ref` is the new version)."""
+def train_model(
+    data: Path,
+    models: Path,
+    rounds: int = TRAIN_ROUNDS,
+    seed: int = 0,
+    *,
+    model: str = "fraud",
+    model_format: str = "lightgbm",
+    spec: Path | None = FRAUD_SPEC,
+    target: str = "is_fraud",
+) -> TrainResult:
+    """Trains a real model into the models folder `models` from the rows in `data`
+    (by default "fraud": LightGBM, the fraud spec, target is_fraud, as datagen writes
+    them); returns train()'s result (its `ref` is the new version). `spec=None`
+    infers the spec from the data."""
     from riskserve.training.train import TrainConfig, train
 
     return train(
         TrainConfig(
             data=data,
-            target="is_fraud",
-            model="fraud",
+            target=target,
+            model=model,
             models_dir=models,
-            spec=FRAUD_SPEC,
-            rounds=rounds,
+            spec=spec,
             seed=seed,
+            model_format=model_format,
+            rounds=rounds,
         )
     )
 
@@ -288,21 +409,10 @@ def train_data(workdir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def models_dir(workdir: Path, train_data: Path) -> Path:
-    from riskserve.training.train import TrainConfig, train
-
     models = workdir / "models"
     for name, fmt in (("fraud", "lightgbm"), ("fraud_onnx", "onnx")):
-        res = train(
-            TrainConfig(
-                data=train_data,
-                target="is_fraud",
-                model=name,
-                models_dir=models,
-                spec=FRAUD_SPEC,
-                seed=TRAIN_SEED,
-                model_format=fmt,
-                rounds=TRAIN_ROUNDS,
-            )
+        res = train_model(
+            train_data, models, TRAIN_ROUNDS, TRAIN_SEED, model=name, model_format=fmt
         )
         assert res.ref.version == 1
         assert res.metrics["auc"] > 0.6, res.metrics

@@ -1,5 +1,8 @@
 """The layer rules of docs/architecture.md, kept by import-linter (.importlinter):
-on the real package, and on a copy with one upward import added, which must break."""
+on the real package, and on a copy with one upward import added, which must break.
+And what import-linter cannot see: the modules the supervisor runs before it forks
+load neither gRPC nor prometheus_client (multiprocess metrics are chosen when
+prometheus_client is imported, and gRPC must not exist across a fork)."""
 
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ def test_every_contract_is_kept() -> None:
         ("dataplane.py", "import grpc", "gRPC or protobuf"),
         ("client.py", "from riskserve.transport import codec", "nothing of the server"),
         ("registry/repository.py", "import riskserve.runtime", "point down"),
+        ("monitoring/metrics.py", "from riskserve.runtime import LoadedModel", "point down"),
     ],
 )
 def test_a_forbidden_import_breaks_a_contract(
@@ -56,3 +60,21 @@ def test_a_forbidden_import_breaks_a_contract(
     assert out.returncode != 0, out.stdout
     broken = [ln for ln in out.stdout.splitlines() if ln.endswith("BROKEN")]
     assert any(contract in ln for ln in broken), out.stdout
+
+
+def loaded_after(module: str) -> set[str]:
+    code = f"import sys, {module}; print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize(
+    "module", ["riskserve.supervisor", "riskserve.config", "riskserve.worker", "riskserve.cli"]
+)
+def test_the_supervisor_side_loads_no_grpc_or_prometheus(module: str) -> None:
+    loaded = loaded_after(module)
+    heavy = {m for m in loaded if m.split(".")[0] in ("grpc", "prometheus_client")}
+    assert heavy == set()
+    assert "riskserve.server" not in loaded

@@ -1,4 +1,11 @@
-"""riskserve command line: datagen, train, serve, score."""
+"""The `riskserve` command: datagen, train, serve, score, admin, drift and
+drift-report.
+
+Each subcommand imports what it needs only when it runs: `score`, `admin` and
+`drift` load no server code, and `serve --workers N` starts its supervisor
+before gRPC or prometheus_client are imported (they must not exist before it
+forks). `serve` has one flag per setting, generated from riskserve.config
+(docs/settings.md lists them); a flag overrides its RISKSERVE_* variable."""
 
 from __future__ import annotations
 
@@ -7,8 +14,12 @@ import json
 import math
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from riskserve.config import Settings
 
 
 def _progress(prefix: str) -> Any:
@@ -57,24 +68,53 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, in one argument group per settings group. Every
+    flag defaults to None (not given), so the environment's value stands."""
+    from riskserve.config import GROUPS, SETTINGS
+
+    for group, cls in GROUPS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        flags = parser.add_argument_group(f"{group} settings", doc)
+        for s in SETTINGS:
+            if s.group != group:
+                continue
+            help_text = f"{s.meaning} (env {s.env}; default {s.default_text})".replace("%", "%%")
+            if s.kind is bool:
+                flags.add_argument(s.flag, action=argparse.BooleanOptionalAction, help=help_text)
+            elif s.kind in (str, Path):  # a path stays a str in the Namespace (a.models)
+                flags.add_argument(s.flag, metavar=s.key.upper(), help=help_text)
+            else:
+                flags.add_argument(
+                    s.flag, type=s.kind, metavar=s.kind.__name__.upper(), help=help_text
+                )
+
+
+def settings_from_args(a: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """The Settings `riskserve serve` runs with: defaults, then RISKSERVE_* from
+    `env` (default os.environ), then the flags that were given."""
+    from riskserve.config import SETTINGS, Settings
+
+    overrides = {s.key: getattr(a, _dest(s.flag)) for s in SETTINGS}
+    for s in SETTINGS:
+        if s.kind is Path and overrides[s.key] is not None:
+            overrides[s.key] = Path(overrides[s.key])
+    # --port 0 means "free ports": the metrics port follows unless given.
+    if a.port == 0 and a.metrics_port is None:
+        overrides["metrics_port"] = 0
+    return Settings.load(overrides, env)
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from riskserve import logs
-    from riskserve.config import Settings
 
-    overrides = {
-        "workers": a.workers,
-        "models_dir": Path(a.models) if a.models else None,
-        "host": a.host,
-        "port": a.port,
-        "compute_threads": a.compute_threads,
-        "onnx_threads": a.onnx_threads,
-        "log_level": a.log_level,
-        # --port 0 means "free ports": the metrics port follows unless given.
-        "metrics_port": 0 if a.port == 0 and a.metrics_port is None else a.metrics_port,
-    }
-    settings = Settings.load(overrides)
-    logs.configure(settings.log_level)
-    if settings.workers > 1:
+    settings = settings_from_args(a)
+    logs.configure(settings.server.log_level)
+    if settings.server.workers > 1:
         from riskserve.supervisor import run as run_workers
 
         return run_workers(settings)
@@ -226,7 +266,11 @@ def cmd_admin(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="riskserve", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="riskserve",
+        description="riskserve: train payment fraud models and serve them over gRPC "
+        "(Open Inference Protocol).",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("datagen", help="generate synthetic card payments (CSV or Parquet)")
@@ -247,19 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threshold", type=float, default=0.5, help="operating threshold")
     t.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("serve", help="serve every model in the folder over gRPC (V2)")
-    s.add_argument("--models", help="models folder (env RISKSERVE_MODELS_DIR)")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int, help="default 8001; 0 picks a free port")
-    s.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
-    s.add_argument("--compute-threads", type=int)
-    s.add_argument("--onnx-threads", type=int)
-    s.add_argument("--log-level")
-    s.add_argument(
-        "--metrics-port",
-        type=int,
-        help="Prometheus port (default 8002; with --port 0 also 0; -1 off)",
+    s = sub.add_parser(
+        "serve",
+        help="serve every model in the folder over gRPC (V2)",
+        description="Serve every model in the models folder over gRPC (Open Inference "
+        "Protocol). Every flag overrides its RISKSERVE_* variable (docs/settings.md).",
     )
+    add_setting_flags(s)
     s.set_defaults(fn=cmd_serve)
 
     c = sub.add_parser("score", help="score a transaction against a running server")

@@ -1,161 +1,525 @@
-"""Settings: one typed object, read from RISKSERVE_* environment variables, with
-CLI flags overriding. Built once in the composition root and passed down."""
+"""Settings: typed groups, one per concern, read from RISKSERVE_* environment
+variables with CLI flags overriding. Built once in the composition root
+(riskserve.server), which hands each part only its group.
+
+Every field records its environment variable, its meaning and its allowed
+range in the field's metadata; validation, `riskserve serve`'s flags and
+docs/settings.md (scripts/gen_settings_doc.py) are all derived from that."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ENV_PREFIX = "RISKSERVE_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+T = TypeVar("T")
+
+
+def _setting(
+    default: T,
+    env: str,
+    meaning: str,
+    *,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    flag: str | None = None,
+) -> T:
+    """A settings field: its default, RISKSERVE_`env`, a one-line meaning, the
+    allowed values, and the `serve` flag when it is not --<env-in-kebab-case>."""
+    metadata = {
+        "env": ENV_PREFIX + env,
+        "meaning": meaning,
+        "at_least": at_least,
+        "above": above,
+        "at_most": at_most,
+        "choices": choices,
+        "flag": flag,
+    }
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Group:
+    """Validates a group when it is built: an invalid group never exists."""
+
+    def __post_init__(self) -> None:
+        for s in _OF_CLASS[type(self)]:
+            _check(s, getattr(self, s.name))
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings(_Group):
+    """The process: gRPC listener, drain, logs, the /metrics listener."""
+
+    models_dir: Path = _setting(  # noqa: RUF009 (a Path is immutable)
+        Path("models"), "MODELS_DIR", "Models folder (the registry) to serve.", flag="--models"
+    )
+    host: str = _setting("0.0.0.0", "HOST", "Address the gRPC server binds.")
+    port: int = _setting(8001, "PORT", "gRPC port; 0 picks a free port.", at_least=0, at_most=65535)
+    workers: int = _setting(
+        1,
+        "WORKERS",
+        "Server processes sharing the port (SO_REUSEPORT); 1 = a single process.",
+        at_least=1,
+    )
+    max_message_bytes: int = _setting(
+        64 * 1024 * 1024, "MAX_MESSAGE_BYTES", "Largest gRPC message accepted, bytes.", at_least=1
+    )
+    #: Under overload calls queue in gRPC core in arrival order; once that queue
+    #: is longer than the clients' deadlines, every call is past its deadline when
+    #: it is picked up and goodput collapses (bench/README.md, overload). A bound
+    #: makes core refuse the excess at once instead.
+    max_pending_calls: int = _setting(
+        0,
+        "MAX_PENDING_CALLS",
+        "Calls gRPC core may hold that this process has not picked up yet: beyond half of "
+        "it core refuses new calls at random, beyond it all of them (CANCELLED). Set it to "
+        "about deadline x req/s per worker when clients send deadlines; a limit below the "
+        "largest burst a healthy client sends refuses calls the server could have served, "
+        "so 0 keeps gRPC's own limits.",
+        at_least=0,
+    )
+    grace_seconds: float = _setting(
+        10.0, "GRACE_SECONDS", "Seconds to let in-flight requests finish on SIGTERM.", at_least=0
+    )
+    log_level: str = _setting("info", "LOG_LEVEL", "Level of the JSON logs.", choices=LOG_LEVELS)
+    rust_request_parser: bool = _setting(
+        True,
+        "RUST_REQUEST_PARSER",
+        "Read ModelInfer request bytes in Rust (off: the generated protobuf code).",
+    )
+    metrics_host: str = _setting(
+        "0.0.0.0", "METRICS_HOST", "Address the Prometheus /metrics HTTP server binds."
+    )
+    metrics_port: int = _setting(
+        8002,
+        "METRICS_PORT",
+        "Prometheus /metrics port; 0 picks a free port, -1 disables it. With `--port 0` it "
+        "is 0 too unless `--metrics-port` is given.",
+        at_least=-1,
+        at_most=65535,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringSettings(_Group):
+    """The data plane: threads, admission and request bounds, shadow scoring."""
+
+    compute_threads: int = _setting(
+        2,
+        "COMPUTE_THREADS",
+        "Threads that run transforms and models (the GIL is released there).",
+        at_least=1,
+    )
+    onnx_threads: int = _setting(
+        1, "ONNX_THREADS", "ONNX Runtime intra-op threads per session.", at_least=1
+    )
+    max_inflight: int = _setting(
+        1024,
+        "MAX_INFLIGHT",
+        "Admission bound: requests in flight beyond this get RESOURCE_EXHAUSTED.",
+        at_least=1,
+    )
+    max_request_rows: int = _setting(
+        10_000, "MAX_REQUEST_ROWS", "Largest batch (rows) one request may carry.", at_least=1
+    )
+    shadow_max_pending: int = _setting(
+        64,
+        "SHADOW_MAX_PENDING",
+        "Shadow scorings allowed to queue before new ones are dropped (and counted).",
+        at_least=0,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingSettings(_Group):
+    """Dynamic batching, per loaded version."""
+
+    max_batch_size: int = _setting(
+        64,
+        "MAX_BATCH_SIZE",
+        "At most this many rows per model call; a batch is whatever queued while the "
+        "previous one ran.",
+        at_least=1,
+    )
+    max_batch_delay: float = _setting(
+        0.0,
+        "MAX_BATCH_DELAY",
+        "Under load, wait up to this long (seconds) for a batch to fill; an idle server "
+        "never waits.",
+        at_least=0,
+    )
+    inline_rows: int = _setting(
+        8,
+        "INLINE_ROWS",
+        "Batches of at most this many rows are scored on the event loop thread: handing "
+        "them to the compute pool costs more than scoring them, and so few rows block the "
+        "loop only briefly. 0 sends every batch to the pool.",
+        at_least=0,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftSettings(_Group):
+    """Drift counting, its Prometheus read-out and its alerts."""
+
+    enabled: bool = _setting(
+        True, "DRIFT_ENABLED", "Count inputs and scores for drift (off only to measure its cost)."
+    )
+    bins: bool = _setting(
+        True,
+        "DRIFT_BINS",
+        "Export per-bin drift counters and reference ratios (a cardinality switch).",
+    )
+    threshold: float = _setting(
+        0.25, "DRIFT_THRESHOLD", "Sliding-window PSI above which a drift alert is raised.", above=0
+    )
+    slots: int = _setting(
+        60,
+        "DRIFT_SLOTS",
+        "Sliding drift window: this many sub-windows of RISKSERVE_DRIFT_SLOT_SECONDS.",
+        at_least=1,
+    )
+    slot_seconds: int = _setting(
+        60, "DRIFT_SLOT_SECONDS", "Length of one sliding-window sub-window, seconds.", at_least=1
+    )
+    check_seconds: float = _setting(
+        10.0,
+        "DRIFT_CHECK_SECONDS",
+        "How often drift alerts are evaluated (and logged on change), seconds.",
+        above=0,
+    )
+
+    @property
+    def slots_or_off(self) -> int:
+        """`slots`, or 0 (no drift monitor) when drift is disabled."""
+        return self.slots if self.enabled else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CanarySettings(_Group):
+    """The canary guard's bounds: a canary breaching any is rolled back."""
+
+    enabled: bool = _setting(
+        True,
+        "CANARY_GUARD",
+        "Roll a canary back automatically when it breaches any RISKSERVE_CANARY_* bound "
+        "over at least RISKSERVE_CANARY_MIN_REQUESTS requests.",
+    )
+    min_requests: int = _setting(
+        200,
+        "CANARY_MIN_REQUESTS",
+        "Requests a canary (and its control, for the score PSI) must have served before "
+        "its bounds are judged.",
+        at_least=1,
+    )
+    max_error_ratio: float = _setting(
+        0.02,
+        "CANARY_MAX_ERROR_RATIO",
+        "Largest share of a canary's requests that may fail with a server fault.",
+        at_least=0,
+        at_most=1,
+    )
+    max_p95_seconds: float = _setting(
+        0.05, "CANARY_MAX_P95_SECONDS", "Largest p95 latency of a canary, seconds.", above=0
+    )
+    max_score_psi: float = _setting(
+        0.25,
+        "CANARY_MAX_SCORE_PSI",
+        "Largest PSI of a canary's scores against its control's.",
+        above=0,
+    )
+    check_seconds: float = _setting(
+        1.0, "CANARY_CHECK_SECONDS", "How often the guard checks canaries, seconds.", above=0
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class AdminSettings(_Group):
+    """The admin API's credential and how deployment changes propagate."""
+
+    token: str = _setting(
+        "",
+        "ADMIN_TOKEN",
+        "Admin API bearer token; with no token (and no token file) the admin API refuses "
+        "every call. Prefer the file: a flag or variable is visible to other processes.",
+    )
+    token_file: str = _setting(
+        "",
+        "ADMIN_TOKEN_FILE",
+        "File holding the admin token (it wins over RISKSERVE_ADMIN_TOKEN).",
+    )
+    state_poll_seconds: float = _setting(
+        0.2,
+        "STATE_POLL_SECONDS",
+        "How often each process looks for deployment changes made by another process (a "
+        "sibling worker, or a replica sharing the models folder), seconds; 0 = never.",
+        at_least=0,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileSettings(_Group):
+    """LightGBM compiled to native code (riskserve.runtime.compiled)."""
+
+    lightgbm: bool = _setting(
+        False,
+        "LIGHTGBM_COMPILE",
+        "Compile LightGBM versions to native code in the background (lleaves, in a niced "
+        "process) and switch each to it once its scores match the C API's (<= 1e-6).",
+    )
+    cache_dir: Path = _setting(  # noqa: RUF009 (a Path is immutable)
+        Path("~/.cache/riskserve/compiled"),
+        "COMPILE_CACHE_DIR",
+        "Where compiled models are kept, once per model and CPU type (~ is expanded).",
+    )
+
+
+#: Settings attribute → group class, in the order the docs list them.
+GROUPS: dict[str, type[_Group]] = {
+    "server": ServerSettings,
+    "scoring": ScoringSettings,
+    "batching": BatchingSettings,
+    "drift": DriftSettings,
+    "canary": CanarySettings,
+    "admin": AdminSettings,
+    "compile": CompileSettings,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingInfo:
+    """One setting as the environment, the CLI and the docs see it."""
+
+    group: str
+    name: str
+    kind: type
+    default: Any
+    env: str
+    meaning: str
+    flag: str
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def key(self) -> str:
+        """The flat override key: the variable without the prefix, lower case
+        (`canary_min_requests`, `port`)."""
+        return self.env.removeprefix(ENV_PREFIX).lower()
+
+    @property
+    def default_text(self) -> str:
+        """The default as one would write it in the environment."""
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        return '""' if self.default == "" else str(self.default)
+
+    @property
+    def allowed(self) -> str:
+        """The allowed values in words ("" when any value of the type is)."""
+        if self.choices is not None:
+            return "one of " + ", ".join(self.choices)
+        if self.at_least is not None and self.at_most is not None:
+            return f"{_num(self.at_least)}..{_num(self.at_most)}"
+        if self.at_least is not None:
+            return f">= {_num(self.at_least)}"
+        if self.above is not None:
+            return f"> {_num(self.above)}"
+        return ""
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _info(cls: type, f: dataclasses.Field[Any]) -> SettingInfo:
+    md = f.metadata
+    key = md["env"].removeprefix(ENV_PREFIX).lower()
+    group = next((g for g, c in GROUPS.items() if c is cls), cls.__name__)
+    return SettingInfo(
+        group=group,
+        name=f.name,
+        kind=typing.get_type_hints(cls)[f.name],
+        default=f.default,
+        env=md["env"],
+        meaning=md["meaning"],
+        flag=md["flag"] or "--" + key.replace("_", "-"),
+        at_least=md["at_least"],
+        above=md["above"],
+        at_most=md["at_most"],
+        choices=md["choices"],
+    )
+
+
+#: Every setting, group by group.
+SETTINGS: tuple[SettingInfo, ...] = tuple(
+    _info(cls, f) for cls in GROUPS.values() for f in dataclasses.fields(cls)
+)
+_BY_KEY: dict[str, SettingInfo] = {s.key: s for s in SETTINGS}
+_OF_CLASS: dict[type, tuple[SettingInfo, ...]] = {
+    cls: tuple(s for s in SETTINGS if s.group == g) for g, cls in GROUPS.items()
+}
+assert len(_BY_KEY) == len(SETTINGS), "two settings share an environment variable"
+
+
+def _check(s: SettingInfo, value: Any) -> None:
+    """Raises ValueError naming the environment variable if `value` is not allowed."""
+    ok_type = isinstance(value, s.kind) and not (s.kind is int and isinstance(value, bool))
+    if s.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok_type = True
+    if not ok_type:
+        raise ValueError(f"{s.env} must be of type {s.kind.__name__}, got {value!r}")
+    if s.kind is float and math.isnan(value):
+        raise ValueError(f"{s.env} must be a number, got {value!r}")
+    if s.choices is not None and value.lower() not in s.choices:
+        raise ValueError(f"{s.env} must be {s.allowed}, got {value!r}")
+    low_ok = s.at_least is None or value >= s.at_least
+    high_ok = s.at_most is None or value <= s.at_most
+    above_ok = s.above is None or value > s.above
+    if not (low_ok and high_ok and above_ok):
+        where = f"in {s.allowed}" if s.at_most is not None else s.allowed
+        raise ValueError(f"{s.env} must be {where}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    models_dir: Path = Path("models")
-    host: str = "0.0.0.0"
-    port: int = 8001
-    #: Server processes sharing the port (SO_REUSEPORT); 1 = a single process.
-    workers: int = 1
-    #: How often each process looks for deployment changes made by another
-    #: process (a sibling worker, or a replica sharing the models folder); 0 = never.
-    state_poll_seconds: float = 0.2
-    #: Threads that run transforms and models (the GIL is released there).
-    compute_threads: int = 2
-    #: ONNX Runtime intra-op threads per session.
-    onnx_threads: int = 1
-    #: Admission bound: requests in flight beyond this get RESOURCE_EXHAUSTED.
-    max_inflight: int = 1024
-    #: Read ModelInfer request bytes in Rust (off: the generated protobuf code).
-    rust_request_parser: bool = True
-    #: Dynamic batching: at most this many rows per model call; a batch is
-    #: whatever queued while the previous one ran.
-    max_batch_size: int = 64
-    #: Under load, wait up to this long (seconds) for a batch to fill; an idle
-    #: server never waits.
-    max_batch_delay: float = 0.0
-    #: Batches of at most this many rows are scored on the event loop thread
-    #: instead of the compute pool: the hand-off to a thread costs more than
-    #: scoring a few rows (bench/README.md: +10-20 % req/s on one core), and a
-    #: batch this small blocks the loop for ~0.1-0.2 ms at most. 0 sends every
-    #: batch to the pool.
-    inline_rows: int = 8
-    #: Compile LightGBM versions to native code in the background (lleaves) and
-    #: switch to it once its scores match the C API's (≤ 1e-6): 2.8x faster per
-    #: row at batch 1, 4x at 64. Compiling takes ~30 s of one (niced) core per
-    #: 300-tree model, once per model and CPU type (cached in compile_cache_dir).
-    lightgbm_compile: bool = False
-    compile_cache_dir: Path = Path("~/.cache/riskserve/compiled")
-    #: Largest batch (rows) one request may carry.
-    max_request_rows: int = 10_000
-    #: Calls gRPC core may hold that this process has not picked up yet. Under
-    #: overload they queue there in arrival order; when the queue is longer than
-    #: the clients' deadlines, every call is past its deadline when it is picked
-    #: up and goodput collapses (50 ms deadlines at 2x capacity: 24 good req/s
-    #: with gRPC's defaults of 1,000 soft / 3,000 hard, 906 with 64, 1,125 with
-    #: 32; bench/README.md). Beyond half of this core refuses new calls at random,
-    #: beyond it all of them (CANCELLED). Set it to about deadline x req/s per
-    #: worker when clients send deadlines; a limit below the largest burst a
-    #: healthy client sends refuses calls the server could have served, so the
-    #: default, 0, keeps gRPC's own limits.
-    max_pending_calls: int = 0
-    #: Largest gRPC message accepted, bytes.
-    max_message_bytes: int = 64 * 1024 * 1024
-    #: Seconds to let in-flight requests finish on SIGTERM.
-    grace_seconds: float = 10.0
-    log_level: str = "info"
-    #: Shadow scorings allowed to queue before new ones are dropped (and counted).
-    shadow_max_pending: int = 64
-    #: Admin credential: the token itself, or a file holding it.
-    admin_token: str = ""
-    admin_token_file: str = ""
-    #: Canary guard: a canary breaching any bound (over at least
-    #: canary_min_requests) is rolled back automatically.
-    canary_guard: bool = True
-    canary_min_requests: int = 200
-    canary_max_error_ratio: float = 0.02
-    canary_max_p95_seconds: float = 0.05
-    canary_max_score_psi: float = 0.25
-    canary_check_seconds: float = 1.0
-    #: Prometheus /metrics over HTTP; port 0 picks a free port, -1 disables.
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int = 8002
-    #: Count inputs and scores for drift (off only to measure its cost).
-    drift_enabled: bool = True
-    #: Export per-bin drift counters and reference ratios (cardinality switch).
-    drift_bins: bool = True
-    drift_threshold: float = 0.25
-    #: Sliding drift window: `drift_slots` sub-windows of `drift_slot_seconds`.
-    drift_slots: int = 60
-    drift_slot_seconds: int = 60
-    #: How often drift alerts are evaluated (and logged on change).
-    drift_check_seconds: float = 10.0
+    """Every setting, one frozen group per concern. Build it with `load` (the
+    server) or `of` (tests); hand each part only its group."""
+
+    server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
+    scoring: ScoringSettings = dataclasses.field(default_factory=ScoringSettings)
+    batching: BatchingSettings = dataclasses.field(default_factory=BatchingSettings)
+    drift: DriftSettings = dataclasses.field(default_factory=DriftSettings)
+    canary: CanarySettings = dataclasses.field(default_factory=CanarySettings)
+    admin: AdminSettings = dataclasses.field(default_factory=AdminSettings)
+    compile: CompileSettings = dataclasses.field(default_factory=CompileSettings)
 
     @classmethod
     def load(
         cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
     ) -> Settings:
-        """Defaults, then RISKSERVE_<FIELD> from `env`, then non-None `overrides`."""
+        """Defaults, then RISKSERVE_* from `env` (default os.environ), then the
+        non-None `overrides`, keyed by flat key (`port`, `canary_min_requests`:
+        the variable's name without the prefix, in lower case)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
+        for s in SETTINGS:
+            raw = env.get(s.env)
             if raw is not None:
-                values[f.name] = _parse(f.name, f.type, raw)
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                values[key] = value
-        settings = cls(**values)
-        settings.validate()
-        return settings
+                values[s.key] = _parse(s, raw)
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls().replace(**values)
 
-    @property
-    def drift_slots_or_off(self) -> int:
-        """drift_slots, or 0 (no drift monitor) when drift is disabled."""
-        return self.drift_slots if self.drift_enabled else 0
+    @classmethod
+    def of(cls, **values: Any) -> Settings:
+        """Defaults with some settings changed, by flat key (no environment):
+        `Settings.of(port=0, canary_min_requests=5)`."""
+        return cls().replace(**values)
 
-    def validate(self) -> None:
-        for name in (
-            "workers",
-            "compute_threads",
-            "onnx_threads",
-            "max_inflight",
-            "max_request_rows",
-            "max_batch_size",
-            "drift_slots",
-            "drift_slot_seconds",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"setting {name} must be >= 1")
-        if not 0 <= self.port <= 65535:
-            raise ValueError("setting port must be in 0..65535")
-        if not -1 <= self.metrics_port <= 65535:
-            raise ValueError("setting metrics_port must be in -1..65535 (-1 disables)")
-        if self.inline_rows < 0:
-            raise ValueError("setting inline_rows must be >= 0 (0 disables)")
-        if self.state_poll_seconds < 0:
-            raise ValueError("setting state_poll_seconds must be >= 0 (0 disables)")
-        if self.drift_threshold <= 0:
-            raise ValueError("setting drift_threshold must be > 0")
+    def replace(self, **values: Any) -> Settings:
+        """A copy with some settings changed, by flat key; validated."""
+        unknown = sorted(set(values) - _BY_KEY.keys())
+        if unknown:
+            raise ValueError(f"unknown setting {unknown[0]!r}")
+        changes: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            s = _BY_KEY[key]
+            changes.setdefault(s.group, {})[s.name] = value
+        groups = {g: dataclasses.replace(getattr(self, g), **c) for g, c in changes.items()}
+        return dataclasses.replace(self, **groups)
+
+    def value(self, key: str) -> Any:
+        """One setting by flat key (`settings.value("drift_slots")`)."""
+        s = _BY_KEY[key]
+        return getattr(getattr(self, s.group), s.name)
 
 
-def _parse(name: str, typ: Any, raw: str) -> Any:
-    kind = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+def setting(key: str) -> SettingInfo:
+    """The description of one setting by flat key; KeyError if there is none."""
+    return _BY_KEY[key]
+
+
+def _parse(s: SettingInfo, raw: str) -> Any:
     try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "bool":
-            if raw.strip().lower() in ("1", "true", "yes", "on"):
+        if s.kind is bool:
+            word = raw.strip().lower()
+            if word in ("1", "true", "yes", "on"):
                 return True
-            if raw.strip().lower() in ("0", "false", "no", "off"):
+            if word in ("0", "false", "no", "off"):
                 return False
             raise ValueError("expected true or false")
-        if kind == "Path":
-            return Path(raw)
-        return raw
+        return s.kind(raw.strip()) if s.kind in (int, float) else s.kind(raw)
     except ValueError as e:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {e}") from None
+        raise ValueError(f"{s.env}={raw!r}: {e}") from None
+
+
+_KIND_TEXT = {bool: "true, false", str: "text", Path: "path", int: "integer", float: "number"}
+
+
+def markdown() -> str:
+    """docs/settings.md: every setting, group by group (scripts/gen_settings_doc.py)."""
+    out = [
+        "# Settings",
+        "",
+        "<!-- Generated by scripts/gen_settings_doc.py from python/riskserve/config.py;",
+        "     do not edit. tests/test_settings.py fails when this file is stale. -->",
+        "",
+        "Every setting is read from an environment variable and can be overridden by a",
+        "flag of `riskserve serve`: defaults, then the environment, then the flags. Booleans",
+        "take `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`) in the environment and",
+        "`--flag` / `--no-flag` on the command line. Every value is checked at start: a",
+        "value out of range stops the server with a message naming its variable.",
+        "",
+        "In code the settings are `riskserve.config.Settings`, one frozen group per concern",
+        "(`settings.canary.min_requests`); each part of the server gets only its group.",
+    ]
+    for group, cls in GROUPS.items():
+        out += ["", f"## `settings.{group}`: {cls.__name__}", "", _first_line(cls.__doc__), ""]
+        out += [
+            "| Setting | Variable | Flag | Default | Allowed | Meaning |",
+            "|---|---|---|---|---|---|",
+        ]
+        for s in SETTINGS:
+            if s.group != group:
+                continue
+            flag = f"`{s.flag}` / `--no-{s.flag[2:]}`" if s.kind is bool else f"`{s.flag}`"
+            allowed = s.allowed or _KIND_TEXT[s.kind]
+            out.append(
+                f"| `{s.name}` | `{s.env}` | {flag} | `{s.default_text}` | {allowed} "
+                f"| {s.meaning} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0]
+
+
+__all__ = [
+    "ENV_PREFIX",
+    "GROUPS",
+    "LOG_LEVELS",
+    "SETTINGS",
+    "AdminSettings",
+    "BatchingSettings",
+    "CanarySettings",
+    "CompileSettings",
+    "DriftSettings",
+    "ScoringSettings",
+    "ServerSettings",
+    "SettingInfo",
+    "Settings",
+    "markdown",
+    "setting",
+]

@@ -16,13 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 from riskserve._native import InputError, packed_count
-from riskserve.config import Settings
+from riskserve.config import BatchingSettings, ScoringSettings
 from riskserve.errors import DeadlineExceeded, InvalidInput, Overloaded, RiskserveError
-from riskserve.monitoring import Metrics
+from riskserve.monitoring import Metrics, ModelView, VersionView
+from riskserve.protocol import OUTPUT_NAME
 from riskserve.routing import RoutingTable
 from riskserve.routing.table import Routed
 from riskserve.runtime.batcher import Batcher
-from riskserve.runtime.loaded import OUTPUT_NAME, LoadedModel
+from riskserve.runtime.loaded import LoadedModel
 
 SERVER_NAME = "riskserve"
 #: Status codes that are the server's (or model's) fault, not the client's.
@@ -32,14 +33,17 @@ log = logging.getLogger(__name__)
 
 
 class CanaryGuardLike(Protocol):
+    """riskserve.deployments.canary.CanaryGuard as the data plane sees it (a
+    Protocol: the data plane does not import the deployments layer)."""
+
     def record(
         self,
         model: str,
         version: int,
-        revision: int,
+        period: int,
         seconds: float,
         ok: bool,
-        result: InferResult | None,
+        scores: npt.NDArray[np.float32] | None,
     ) -> None: ...
 
 
@@ -97,12 +101,19 @@ class ModelMetadata:
 class DataPlane:
     """Scores requests against the current routing table."""
 
-    def __init__(self, settings: Settings, table: RoutingTable, metrics: Metrics) -> None:
-        self._settings = settings
+    def __init__(
+        self,
+        scoring: ScoringSettings,
+        batching: BatchingSettings,
+        table: RoutingTable,
+        metrics: Metrics,
+    ) -> None:
+        self._scoring = scoring
+        self._batching = batching
         self._table = table
         self._metrics = metrics
         self._pool = ThreadPoolExecutor(
-            max_workers=settings.compute_threads, thread_name_prefix="riskserve-compute"
+            max_workers=scoring.compute_threads, thread_name_prefix="riskserve-compute"
         )
         self._inflight = 0
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskserve-shadow")
@@ -121,6 +132,10 @@ class DataPlane:
     def swap_table(self, table: RoutingTable) -> None:
         """Replaces the routing table atomically; requests in flight keep theirs."""
         self._table = table
+
+    def views(self) -> list[ModelView]:
+        """What this process serves, as the metrics read it at scrape time."""
+        return table_view(self._table)
 
     def close(self) -> None:
         self.ready = False
@@ -163,7 +178,7 @@ class DataPlane:
         self._metrics.observe_ok(model.name, result.model_version, routed.variant, seconds, rows)
         if self.guard is not None and routed.split:
             self.guard.record(
-                model.name, model.version, routed.traffic_since, seconds, True, result
+                model.name, model.version, routed.traffic_since, seconds, True, result.probability
             )
         if routed.shadow is not None:
             self._start_shadow(routed.shadow, columns, result)
@@ -173,13 +188,7 @@ class DataPlane:
         b = self._batchers.get(model)
         if b is None:
             b = self._batchers[model] = Batcher(
-                model,
-                self._pool,
-                _score,
-                self._settings.max_batch_size,
-                self._settings.max_batch_delay,
-                self._metrics.observe_batch,
-                self._settings.inline_rows,
+                model, self._pool, _score, self._batching, self._metrics.observe_batch
             )
         return b
 
@@ -201,9 +210,9 @@ class DataPlane:
             raise DeadlineExceeded("the request's deadline passed before it was scored")
         model = routed.model
         columns, rows = self._columns(model, req)
-        if self._inflight >= self._settings.max_inflight:
+        if self._inflight >= self._scoring.max_inflight:
             raise Overloaded(
-                f"server is at its admission bound of {self._settings.max_inflight} requests"
+                f"server is at its admission bound of {self._scoring.max_inflight} requests"
             )
         self._inflight += 1
         try:
@@ -229,7 +238,7 @@ class DataPlane:
     ) -> None:
         """Scores the shadow after the reply: its own bounded executor, its own
         metrics; its results and errors never reach the client."""
-        if self._shadow_pending >= self._settings.shadow_max_pending:
+        if self._shadow_pending >= self._scoring.shadow_max_pending:
             self._metrics.observe_shadow(shadow.name, str(shadow.version), "dropped", None)
             return
         self._shadow_pending += 1
@@ -282,10 +291,10 @@ class DataPlane:
             rows = shape[0]
             if rows < 1:
                 raise InvalidInput(f"input {inp.name!r} has batch size {rows}; it must be >= 1")
-            if rows > self._settings.max_request_rows:
+            if rows > self._scoring.max_request_rows:
                 raise InvalidInput(
                     f"input {inp.name!r} has {rows} rows; the limit is "
-                    f"{self._settings.max_request_rows}"
+                    f"{self._scoring.max_request_rows}"
                 )
             if batch is None:
                 batch = rows
@@ -306,6 +315,22 @@ class DataPlane:
             raise InvalidInput(f"missing input {missing[0]!r}{more}")
         assert batch is not None  # the model has ≥ 1 input and all are present
         return columns, batch
+
+
+def table_view(table: RoutingTable) -> list[ModelView]:
+    """The metrics' views of one routing table: each model's revision and its
+    loaded versions with their drift counters."""
+    return [
+        ModelView(
+            name,
+            dep.revision,
+            tuple(
+                VersionView(v, m.manifest.model_sha256, m.drift)
+                for v, m in sorted(dep.versions.items())
+            ),
+        )
+        for name, dep in table.deployments.items()
+    ]
 
 
 def _routing_key(req: InferRequest) -> str | None:

@@ -7,7 +7,7 @@ import enum
 
 
 class Code(enum.Enum):
-    """Transport-neutral error codes (DESIGN §9)."""
+    """Transport-neutral error codes (the gRPC status of each: transport/errors.py)."""
 
     INVALID_ARGUMENT = "invalid_argument"
     NOT_FOUND = "not_found"
@@ -60,7 +60,3 @@ class Conflict(RiskserveError):
     """The request is valid but the deployment's state does not allow it."""
 
     code = Code.FAILED_PRECONDITION
-
-
-class Unauthenticated(RiskserveError):
-    code = Code.UNAUTHENTICATED

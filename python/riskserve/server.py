@@ -8,7 +8,7 @@ import os
 import signal
 import time
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,15 +18,16 @@ from prometheus_client import CollectorRegistry, disable_created_metrics, start_
 import riskserve
 from riskserve.config import Settings
 from riskserve.dataplane import DataPlane
-from riskserve.monitoring import DriftAlerts, Metrics, ServingCollector, table_view
+from riskserve.deployments import DeploymentService
+from riskserve.deployments.canary import CanaryGuard
+from riskserve.monitoring import DriftAlerts, Metrics, ServingCollector
 from riskserve.monitoring.fleet import SNAPSHOT_SECONDS, SnapshotWriter
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc
-from riskserve.registry import ModelRepository
+from riskserve.registry import ModelRepository, VersionRef
 from riskserve.routing import RoutingTable
-from riskserve.routing.guard import CanaryGuard
-from riskserve.routing.manager import DeploymentManager
+from riskserve.runtime import LoadedModel, load_version
 from riskserve.runtime.compiled import Compiler
 from riskserve.transport.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from riskserve.transport.admin import AdminServicer
@@ -37,9 +38,7 @@ from riskserve.transport.inference import (
     InferenceServicer,
     register_bytes_model_infer,
 )
-
-if TYPE_CHECKING:
-    from riskserve.supervisor import WorkerContext
+from riskserve.worker import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +51,35 @@ class Server:
         #: Set when this is one of `--workers N` processes (forked by the supervisor).
         self.worker = worker
         started = time.perf_counter()
-        repo = ModelRepository(settings.models_dir)
+        server = settings.server
+        repo = ModelRepository(server.models_dir)
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.dataplane = DataPlane(settings, RoutingTable(MappingProxyType({})), self.metrics)
-        self.manager = DeploymentManager(settings, repo, self.dataplane.swap_table)
-        table = self.manager.restore()
-        self.guard = CanaryGuard(settings, self.manager, self.metrics)
-        if settings.canary_guard:
-            self.dataplane.guard = self.guard
-        self.views = lambda: table_view(self.dataplane.table)
-        self.registry.register(
-            ServingCollector(self.views, settings.drift_threshold, settings.drift_bins)
+        self.dataplane = DataPlane(
+            settings.scoring, settings.batching, RoutingTable(MappingProxyType({})), self.metrics
         )
-        self.alerts = DriftAlerts(self.views, settings.drift_threshold)
+        scoring, drift = settings.scoring, settings.drift
+
+        def loader(ref: VersionRef) -> LoadedModel:
+            return load_version(
+                repo, ref, scoring.onnx_threads, drift.slots_or_off, drift.slot_seconds
+            )
+
+        self.deployments = DeploymentService(repo, loader, self.dataplane.swap_table)
+        table = self.deployments.restore()
+        self.guard = CanaryGuard(
+            settings.canary,
+            self.deployments,
+            lambda model, reason: self.metrics.rollbacks.labels(model, reason).inc(),
+        )
+        if settings.canary.enabled:
+            self.dataplane.guard = self.guard
+        self.views = self.dataplane.views
+        self.registry.register(
+            ServingCollector(self.views, settings.drift.threshold, settings.drift.bins)
+        )
+        self.alerts = DriftAlerts(self.views, settings.drift.threshold)
         self.snapshots = (
             None
             if worker is None
@@ -83,25 +96,25 @@ class Server:
             },
         )
         opts = [
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_receive_message_length", server.max_message_bytes),
+            ("grpc.max_send_message_length", server.max_message_bytes),
             # Workers share the port (the supervisor checked it was free).
             ("grpc.so_reuseport", 1 if worker else 0),
         ]
-        if settings.max_pending_calls > 0:
+        if server.max_pending_calls > 0:
             opts += [
-                ("grpc.server.max_pending_requests", max(1, settings.max_pending_calls // 2)),
-                ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls),
+                ("grpc.server.max_pending_requests", max(1, server.max_pending_calls // 2)),
+                ("grpc.server.max_pending_requests_hard_limit", server.max_pending_calls),
             ]
-        token = load_token(settings.admin_token, settings.admin_token_file)
+        token = load_token(settings.admin.token, settings.admin.token_file)
         self.grpc = grpc.aio.server(options=opts)
         ours = Registrar(self.grpc, AdminAuth(token))  # status mapping + admin token
-        inference = InferenceServicer(self.dataplane, riskserve.__version__, self.manager)
+        inference = InferenceServicer(self.dataplane, riskserve.__version__, self.deployments)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, ours)
-        if settings.rust_request_parser:
+        if server.rust_request_parser:
             register_bytes_model_infer(ours, inference)
         admin_pb2_grpc.add_ModelAdminServicer_to_server(
-            AdminServicer(self.manager, self.metrics), ours
+            AdminServicer(self.deployments, self.metrics), ours
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -113,14 +126,15 @@ class Server:
         )
         reflection.enable_server_reflection(names, self.grpc)
         assert pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name == SERVICE_NAME
-        self.port = self.grpc.add_insecure_port(f"{settings.host}:{settings.port}")
+        self.port = self.grpc.add_insecure_port(f"{server.host}:{server.port}")
         if self.port == 0:
-            raise OSError(f"cannot bind {settings.host}:{settings.port}")
+            raise OSError(f"cannot bind {server.host}:{server.port}")
 
     async def start(self) -> None:
-        if self.worker is None and self.settings.metrics_port >= 0:
+        s = self.settings
+        if self.worker is None and s.server.metrics_port >= 0:
             self._http, _thread = start_http_server(
-                self.settings.metrics_port, self.settings.metrics_host, registry=self.registry
+                s.server.metrics_port, s.server.metrics_host, registry=self.registry
             )
             self.metrics_port = int(self._http.server_port)
         if self.snapshots is not None:
@@ -128,13 +142,14 @@ class Server:
             self._tasks.append(asyncio.create_task(self._snapshot_loop()))
         else:  # with workers, the metrics process checks the merged counts
             self._tasks.append(asyncio.create_task(self._drift_loop()))
-        if self.settings.canary_guard:
+        if s.canary.enabled:
             self._tasks.append(asyncio.create_task(self.guard.run()))
-        if self.settings.state_poll_seconds > 0:
-            self._tasks.append(asyncio.create_task(self.manager.watch()))
-        if self.settings.lightgbm_compile:
+        if s.admin.state_poll_seconds > 0:
+            poll = s.admin.state_poll_seconds
+            self._tasks.append(asyncio.create_task(self.deployments.watch(poll)))
+        if s.compile.lightgbm:
             compiler = Compiler(
-                self.settings.compile_cache_dir.expanduser(),
+                s.compile.cache_dir.expanduser(),
                 lambda: [
                     m
                     for d in self.dataplane.table.deployments.values()
@@ -145,7 +160,7 @@ class Server:
         await self.grpc.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        where = {"host": self.settings.host, "port": self.port, "pid": os.getpid()}
+        where = {"host": s.server.host, "port": self.port, "pid": os.getpid()}
         if self.worker is None:
             log.info("serving", extra={**where, "metrics_port": self.metrics_port})
         else:
@@ -166,7 +181,7 @@ class Server:
     async def _drift_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.settings.drift_check_seconds)
+            await asyncio.sleep(self.settings.drift.check_seconds)
             try:
                 # PSI over every bin is cheap, but keep even that off the loop.
                 await loop.run_in_executor(None, self.alerts.check)
@@ -175,10 +190,11 @@ class Server:
 
     async def stop(self) -> None:
         """Drain: report NOT_SERVING, refuse new work, let in-flight requests finish."""
-        log.info("draining", extra={"grace_seconds": self.settings.grace_seconds})
+        grace = self.settings.server.grace_seconds
+        log.info("draining", extra={"grace_seconds": grace})
         self.dataplane.ready = False
         await self.health.enter_graceful_shutdown()
-        await self.grpc.stop(self.settings.grace_seconds)
+        await self.grpc.stop(grace)
         for t in self._tasks:
             t.cancel()
         self.dataplane.close()

@@ -11,8 +11,8 @@ workers (each finishes its in-flight requests), then stop the metrics process.
 
 Admin changes reach every worker through models/<name>/deployment.json: the
 worker that takes the call changes it under a file lock, the others notice the
-new revision within `state_poll_seconds` and swap their routing table
-atomically (riskserve.routing.manager).
+new revision within `RISKSERVE_STATE_POLL_SECONDS` and swap their routing table
+atomically (riskserve.deployments).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from riskserve.config import Settings
+from riskserve.worker import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,6 @@ START_TIMEOUT = 120.0
 #: More than this many restarts within RESTART_WINDOW seconds: give up.
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerContext:
-    """What a forked worker needs beyond Settings."""
-
-    index: int
-    metrics_dir: Path
-    ready_fd: int
 
 
 @dataclasses.dataclass
@@ -119,16 +111,15 @@ def _metrics_main(settings: Settings, directory: Path, ready_fd: int) -> None:
         os.write(ready_fd, f"{port}\n".encode())
         os.close(ready_fd)
 
+    server = settings.server
     run_metrics_process(
         directory,
-        settings.models_dir,
-        settings.metrics_host,
-        settings.metrics_port,
-        settings.drift_threshold,
-        settings.drift_bins,
-        settings.drift_check_seconds,
-        ready,
-        stop.wait,
+        settings.drift,
+        models_dir=server.models_dir,
+        host=server.metrics_host,
+        port=server.metrics_port,
+        ready=ready,
+        stopping=stop.wait,
     )
 
 
@@ -141,8 +132,8 @@ class Supervisor:
         self.settings = settings
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="riskserve-metrics-"))
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
-        self.port = reserve_port(settings.host, settings.port)
-        self.worker_settings = dataclasses.replace(settings, port=self.port, metrics_port=-1)
+        self.port = reserve_port(settings.server.host, settings.server.port)
+        self.worker_settings = settings.replace(port=self.port, metrics_port=-1)
         self.children: dict[int, _Child] = {}
         self.metrics_port: int | None = None
         self.stopping = False
@@ -189,15 +180,15 @@ class Supervisor:
         return buf.decode().strip()
 
     def start(self) -> None:
-        workers = [self._fork("worker", i) for i in range(self.settings.workers)]
+        workers = [self._fork("worker", i) for i in range(self.settings.server.workers)]
         for w in workers:
             self._await_ready(w)
-        if self.settings.metrics_port >= 0:
+        if self.settings.server.metrics_port >= 0:
             self.metrics_port = int(self._await_ready(self._fork("metrics", 0)))
         log.info(
             "serving",
             extra={
-                "host": self.settings.host,
+                "host": self.settings.server.host,
                 "port": self.port,
                 "metrics_port": self.metrics_port,
                 "pid": os.getpid(),
@@ -275,7 +266,7 @@ class Supervisor:
 
     def shutdown(self) -> None:
         """Workers first (they drain and write their last snapshots), then metrics."""
-        self._stop("worker", self.settings.grace_seconds + 10.0)
+        self._stop("worker", self.settings.server.grace_seconds + 10.0)
         self._stop("metrics", 10.0)
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         log.info("stopped")

@@ -10,110 +10,40 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from conftest import ServerHandle, train_model
 
-from riskserve.training.datagen import TARGET, run_datagen
-from riskserve.training.train import TrainConfig, train
+from riskserve.training.datagen import run_datagen
 
 ROOT = Path(__file__).resolve().parents[2]
 LOAD = ROOT / "bench" / "load.py"
 MAKE_REQUESTS = ROOT / "bench" / "make_requests.py"
 LOADGEN_TOML = ROOT / "bench" / "loadgen" / "Cargo.toml"
 LOADGEN = ROOT / "bench" / "loadgen" / "target" / "release" / "loadgen"
-SPEC = ROOT / "python" / "riskserve" / "training" / "specs" / "fraud.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _start_server(
-    models: Path, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[str], int, list[str], queue.Queue[str | None]]:
-    """Starts `riskserve serve --port 0`; returns it, its port, its stderr lines so far
-    and the queue the later ones arrive on (None at the end)."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "riskserve.cli",
-            "serve",
-            "--models",
-            str(models),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    seen: list[str] = []
-
-    def pump() -> None:  # drains stderr for the server's whole life
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    while True:
-        try:
-            line = lines.get(timeout=60)
-        except queue.Empty:
-            proc.kill()
-            raise AssertionError("no 'serving' log line within 60 s:\n" + "".join(seen)) from None
-        if line is None:
-            raise AssertionError("server exited before serving:\n" + "".join(seen))
-        seen.append(line)
-        try:
-            rec: dict[str, Any] = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("event") == "serving":
-            return proc, int(rec["port"]), seen, lines
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("harness")
     run_datagen(3000, 0, d / "data.parquet")
-    train(
-        TrainConfig(
-            data=d / "data.parquet",
-            target=TARGET,
-            model="fraud",
-            models_dir=d / "models",
-            spec=SPEC,
-            rounds=10,
-        )
-    )
+    train_model(d / "data.parquet", d / "models", rounds=10)
     return d / "models"
 
 
 @pytest.mark.timeout(240)
-def test_load_generator_against_a_real_server(models: Path, tmp_path: Path) -> None:
-    proc, port, _, _ = _start_server(models)
+def test_load_generator_against_a_real_server(
+    models: Path, tmp_path: Path, start_server: Callable[..., ServerHandle]
+) -> None:
+    h = start_server(models)
+    port = h.port
     try:
         out, png = tmp_path / "load.json", tmp_path / "load.png"
         run = subprocess.run(
@@ -145,7 +75,7 @@ def test_load_generator_against_a_real_server(models: Path, tmp_path: Path) -> N
             cwd=ROOT,
         )
         assert run.returncode == 0, run.stdout + run.stderr
-        assert proc.poll() is None, "the server died under load"
+        assert h.proc.poll() is None, "the server died under load"
 
         open_out, open_png = tmp_path / "open.json", tmp_path / "open.png"
         open_run = subprocess.run(
@@ -175,7 +105,7 @@ def test_load_generator_against_a_real_server(models: Path, tmp_path: Path) -> N
             cwd=ROOT,
         )
         assert open_run.returncode == 0, open_run.stdout + open_run.stderr
-        assert proc.poll() is None, "the server died under open-loop load"
+        assert h.proc.poll() is None, "the server died under open-loop load"
 
         stream_out = tmp_path / "stream.json"
         stream_run = subprocess.run(
@@ -210,7 +140,7 @@ def test_load_generator_against_a_real_server(models: Path, tmp_path: Path) -> N
         assert sres["requests"] > 0 and sres["errors"] == 0, sres
         assert sres["rows_per_second"] == pytest.approx(4 * sres["throughput_rps"])
     finally:
-        _stop(proc)
+        h.stop()
 
     doc = json.loads(out.read_text())
     res, lat = doc["result"], doc["result"]["latency_ms"]
@@ -260,8 +190,11 @@ def _loadgen(port: int, requests: Path, out: Path, *args: str) -> subprocess.Com
     )
 
 
+@pytest.mark.slow  # cargo builds bench/loadgen
 @pytest.mark.timeout(600)
-def test_rust_load_generator_against_a_real_server(models: Path, tmp_path: Path) -> None:
+def test_rust_load_generator_against_a_real_server(
+    models: Path, tmp_path: Path, start_server: Callable[..., ServerHandle]
+) -> None:
     build = subprocess.run(
         ["cargo", "build", "--release", "--quiet", "--manifest-path", str(LOADGEN_TOML)],
         capture_output=True,
@@ -269,7 +202,8 @@ def test_rust_load_generator_against_a_real_server(models: Path, tmp_path: Path)
         timeout=540,
     )
     assert build.returncode == 0, build.stderr
-    proc, port, _, lines = _start_server(models)
+    h = start_server(models)
+    port = h.port
     try:
         reqs = {}
         for rows in (1, 64):
@@ -297,7 +231,7 @@ def test_rust_load_generator_against_a_real_server(models: Path, tmp_path: Path)
             "--timeout", "0.001",
         )  # fmt: skip
         assert late.returncode in (0, 1), late.stdout + late.stderr  # 1: no reply was OK
-        assert proc.poll() is None, "the server died under load"
+        assert h.proc.poll() is None, "the server died under load"
         # Still serving after the storm of expired deadlines. Right after it, gRPC core
         # may cancel new calls for a moment while it drains the thousands of cancelled
         # ones (seen for up to ~2 s): retry the first call for a while.
@@ -308,10 +242,8 @@ def test_rust_load_generator_against_a_real_server(models: Path, tmp_path: Path)
             time.sleep(1)
         assert after.returncode == 0, after.stdout + after.stderr
     finally:
-        _stop(proc)
-    log = []
-    while (line := lines.get(timeout=10)) is not None:
-        log.append(line)
+        h.stop()
+    log = h.lines
 
     doc = json.loads((tmp_path / "ok.json").read_text())
     lat = doc["latency_ms"]
@@ -344,24 +276,17 @@ def test_rust_load_generator_against_a_real_server(models: Path, tmp_path: Path)
 
 
 @pytest.mark.timeout(300)
-def test_hot_swap_scenario(models: Path, tmp_path: Path) -> None:
+def test_hot_swap_scenario(
+    models: Path, tmp_path: Path, start_server: Callable[..., ServerHandle]
+) -> None:
     """load.py --swap-every: promotions through the admin API during the measured
     window, recorded with their times; no request fails."""
     two = tmp_path / "models"
     shutil.copytree(models, two)
-    train(
-        TrainConfig(
-            data=models.parent / "data.parquet",
-            target=TARGET,
-            model="fraud",
-            models_dir=two,
-            spec=SPEC,
-            rounds=10,
-            seed=7,
-        )
-    )
+    train_model(models.parent / "data.parquet", two, rounds=10, seed=7)
     token = "harness-swap-token"
-    proc, port, _, _ = _start_server(two, {"RISKSERVE_ADMIN_TOKEN": token})
+    h = start_server(two, env={"RISKSERVE_ADMIN_TOKEN": token})
+    port = h.port
     out = tmp_path / "swap.json"
     try:
         run = subprocess.run(
@@ -378,7 +303,7 @@ def test_hot_swap_scenario(models: Path, tmp_path: Path) -> None:
         )
         assert run.returncode == 0, run.stdout + run.stderr
     finally:
-        _stop(proc)
+        h.stop()
     res = json.loads(out.read_text())["result"]
     assert res["errors"] == 0 and res["requests"] > 0
     swaps = res["swaps"]

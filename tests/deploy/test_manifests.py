@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from riskserve.cli import build_parser
-from riskserve.config import ENV_PREFIX, Settings
+from riskserve.cli import build_parser, settings_from_args
+from riskserve.config import ENV_PREFIX, SETTINGS, Settings
 from riskserve.transport.inference import SERVICE_NAME
 
 pytestmark = pytest.mark.timeout(60)
@@ -108,9 +108,11 @@ def _serve_args(container: Doc) -> Any:
 
 def _settings(container: Doc) -> Settings:
     """The settings riskserve would run with in this container (env, then flags)."""
-    a = _serve_args(container)
-    overrides = {"models_dir": Path(a.models) if a.models else None, "port": a.port}
-    return Settings.load(overrides, env=_env(container))
+    return settings_from_args(_serve_args(container), env=_env(container))
+
+
+#: Every environment variable riskserve reads.
+READ_ENV = {s.env for s in SETTINGS}
 
 
 # -- every file ------------------------------------------------------------------------
@@ -139,17 +141,17 @@ def test_kustomization_lists_every_manifest() -> None:
 
 
 def test_container_ports_are_riskservers_defaults(container: Doc) -> None:
-    defaults = Settings()
+    defaults = Settings().server
     ports = _ports(container)
     assert ports == {"grpc": defaults.port, "metrics": defaults.metrics_port}
     assert sorted(ports.values()) == [8001, 8002]
     # What the container will actually bind (env and args leave the defaults).
-    s = _settings(container)
+    s = _settings(container).server
     assert (s.port, s.metrics_port) == (defaults.port, defaults.metrics_port)
 
 
 def test_probes_are_grpc_health_checks_on_the_grpc_port(container: Doc) -> None:
-    port = Settings().port
+    port = Settings().server.port
     for name in ("startupProbe", "livenessProbe", "readinessProbe"):
         probe = container[name]
         assert set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, name
@@ -168,20 +170,19 @@ def test_termination_grace_covers_prestop_and_drain(pod: Doc, container: Doc) ->
     assert command[0] == "sleep"
     pre_stop = float(command[1])
     assert 0 < pre_stop < grace
-    drain = _settings(container).grace_seconds
-    assert grace > Settings().grace_seconds
+    drain = _settings(container).server.grace_seconds
+    assert grace > Settings().server.grace_seconds
     assert grace > drain
     assert grace > pre_stop + drain
 
 
 def test_environment_is_what_riskserve_reads(container: Doc) -> None:
-    fields = {f.upper() for f in Settings.__dataclass_fields__}
     for name in _env(container):
         assert name.startswith(ENV_PREFIX), name
-        assert name.removeprefix(ENV_PREFIX) in fields, f"riskserve does not read {name}"
+        assert name in READ_ENV, f"riskserve does not read {name}"
     s = _settings(container)
-    assert s.models_dir == Path("/models")
-    assert not s.admin_token, "the admin token comes from the Secret file, not a literal"
+    assert s.server.models_dir == Path("/models")
+    assert not s.admin.token, "the admin token comes from the Secret file, not a literal"
 
 
 def test_volumes_models_secret_tmp(docs: list[Doc], pod: Doc, container: Doc) -> None:
@@ -190,7 +191,7 @@ def test_volumes_models_secret_tmp(docs: list[Doc], pod: Doc, container: Doc) ->
     assert {m["name"] for m in mounts.values()} <= set(volumes)
 
     # Models: a writable ReadWriteMany PVC (deployment.json is written by every replica).
-    models = mounts[str(_settings(container).models_dir)]
+    models = mounts[str(_settings(container).server.models_dir)]
     assert not models.get("readOnly", False)
     claim = volumes[models["name"]]["persistentVolumeClaim"]["claimName"]
     pvc = next(d for d in _all(docs, "PersistentVolumeClaim") if d["metadata"]["name"] == claim)
@@ -225,7 +226,7 @@ def test_security_context_is_non_root(pod: Doc, container: Doc) -> None:
 def test_prometheus_can_find_the_metrics_port(pod: Doc, container: Doc) -> None:
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    assert int(annotations["prometheus.io/port"]) == Settings().metrics_port
+    assert int(annotations["prometheus.io/port"]) == Settings().server.metrics_port
     assert annotations["prometheus.io/path"] == "/metrics"
     # deploy/prometheus/prometheus.yml's Kubernetes job keeps pods labelled
     # app.kubernetes.io/name=riskserve, on the container port named "metrics".
@@ -258,8 +259,9 @@ def test_services_select_the_deployments_pods(
     assert main["spec"]["type"] == "ClusterIP"
     grpc_port = next(p for p in main["spec"]["ports"] if p["name"] == "grpc")
     assert grpc_port["appProtocol"] == "grpc"
-    assert ports[grpc_port["targetPort"]] == Settings().port
-    assert any(ports[p["targetPort"]] == Settings().metrics_port for p in main["spec"]["ports"])
+    defaults = Settings().server
+    assert ports[grpc_port["targetPort"]] == defaults.port
+    assert any(ports[p["targetPort"]] == defaults.metrics_port for p in main["spec"]["ports"])
 
 
 def test_hpa_scales_the_deployment(docs: list[Doc], deployment: Doc) -> None:
@@ -306,9 +308,9 @@ def test_serving_runtime_speaks_grpc_v2_on_8001(runtime: Doc, runtime_container:
     formats = {f["name"]: f for f in spec["supportedModelFormats"]}
     assert formats["lightgbm"]["autoSelect"] is True
     assert "onnx" in formats
-    assert spec["annotations"]["prometheus.kserve.io/port"] == str(Settings().metrics_port)
+    assert spec["annotations"]["prometheus.kserve.io/port"] == str(Settings().server.metrics_port)
     for name in _env(runtime_container):
-        assert name.removeprefix(ENV_PREFIX).lower() in Settings.__dataclass_fields__
+        assert name in READ_ENV, f"riskserve does not read {name}"
 
 
 def test_inference_service_uses_the_runtime(docs: list[Doc], runtime: Doc) -> None:
@@ -368,7 +370,8 @@ def test_dockerfile_runs_riskserve_serve() -> None:
     exposed = {
         int(p.split("/")[0]) for w, rest in runtime_stage if w == "EXPOSE" for p in rest.split()
     }
-    assert exposed == {Settings().port, Settings().metrics_port} == {8001, 8002}
+    defaults = Settings().server
+    assert exposed == {defaults.port, defaults.metrics_port} == {8001, 8002}
     env = " ".join(rest for w, rest in runtime_stage if w == "ENV")
     assert "RISKSERVE_MODELS_DIR=/models" in shlex.split(env)
     user = last("USER").split(":")[0]

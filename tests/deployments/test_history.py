@@ -146,7 +146,7 @@ def test_set_shadow() -> None:
     off = h.set_shadow("fraud", on, {1, 2}, 2, 0.0, "t", "", AT)
     assert (off.shadow_version, off.shadow_percent) == (None, 0.0)
     assert h.set_shadow("fraud", on, {1, 2}, 0, 50.0, "t", "", AT).shadow_version is None
-    with pytest.raises(InvalidInput, match="0..100"):
+    with pytest.raises(InvalidInput, match=r"0\.\.100"):
         h.set_shadow("fraud", rev(), {1, 2}, 2, 100.5, "t", "", AT)
     with pytest.raises(Conflict, match="version 3 is not loaded"):
         h.set_shadow("fraud", rev(), {1, 2}, 3, 1.0, "t", "", AT)

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import train_fraud
+from conftest import train_model
 
 from riskserve.config import CanarySettings
 from riskserve.deployments import STATE_FILE, DeploymentService
@@ -28,7 +28,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("mgr")
     run_datagen(2500, 0, d / "train.parquet")
     for seed in (1, 2, 3):
-        train_fraud(d / "train.parquet", d / "models", rounds=8, seed=seed)
+        train_model(d / "train.parquet", d / "models", rounds=8, seed=seed)
     return d / "models"
 
 

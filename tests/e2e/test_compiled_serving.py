@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from conftest import start_server_process
+from conftest import ServerHandle
 
 from riskserve.client import build_request, probabilities
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # lleaves compiles the model
 
 
 def events(h: Any, name: str, model: str) -> list[dict[str, Any]]:
@@ -26,14 +27,18 @@ def events(h: Any, name: str, model: str) -> list[dict[str, Any]]:
 
 
 def test_lightgbm_is_compiled_while_serving(
-    models_dir: Path, reference: Any, fresh_table: Any, tmp_path: Path
+    models_dir: Path,
+    reference: Any,
+    fresh_table: Any,
+    tmp_path: Path,
+    start_server: Callable[..., ServerHandle],
 ) -> None:
     vdir = models_dir / "fraud" / "1"
     cols = reference.columns(fresh_table, vdir)
     dts = reference.datatypes(vdir)
     want = reference.predict(vdir, cols)
     n = len(want)
-    h = start_server_process(
+    h = start_server(
         models_dir,
         env={"RISKSERVE_LIGHTGBM_COMPILE": "true", "RISKSERVE_COMPILE_CACHE_DIR": str(tmp_path)},
     )
@@ -81,4 +86,4 @@ def test_lightgbm_is_compiled_while_serving(
     finally:
         ch.close()
     assert np.max(np.abs(got - want)) <= 1e-6
-    h.stop_and_check()
+    # start_server stops it afterwards: exit 0, no traceback in its log

@@ -33,11 +33,11 @@ import pytest
 from conftest import FRAUD_SPEC, V2_DATATYPE, ServerHandle, train_model
 
 from riskserve.client import build_request
+from riskserve.deployments.canary import VariantStats, score_psi
 from riskserve.pb.inference import grpc_service_pb2 as ipb
 from riskserve.pb.inference import grpc_service_pb2_grpc as igrpc
 from riskserve.pb.riskserve.admin.v1 import admin_pb2 as apb
 from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc as agrpc
-from riskserve.deployments.canary import VariantStats, score_psi
 from riskserve.routing.table import Deployment, Variant, bucket_of
 
 pytestmark = pytest.mark.timeout(180)

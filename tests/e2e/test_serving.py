@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from conftest import FRAUD_SPEC, train_model
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -31,7 +32,6 @@ ONNX_TOL = 1e-5
 TOL = {"fraud": LGB_TOL, "fraud_onnx": ONNX_TOL}
 PLATFORM = {"fraud": "lightgbm", "fraud_onnx": "onnxruntime_onnx"}
 SERVICE = "inference.GRPCInferenceService"
-FRAUD_SPEC = Path(__file__).resolve().parents[2] / "python/riskserve/training/specs/fraud.json"
 RPC_TIMEOUT = 10.0
 
 
@@ -741,8 +741,6 @@ def test_raw_bool_byte_2_in_a_ratio_reads_as_true_or_is_refused(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from riskserve.training.train import TrainConfig, train
-
     rng = np.random.default_rng(5)
     n = 4000
     spend = rng.uniform(0.0, 100.0, n)
@@ -766,8 +764,7 @@ def test_raw_bool_byte_2_in_a_ratio_reads_as_true_or_is_refused(
     spec = tmp_path / "ratio.json"
     spec.write_text(json.dumps(template))
     models = tmp_path / "models"
-    train(TrainConfig(data=data, target="label", model="ratio", models_dir=models, spec=spec,
-                      rounds=30))  # fmt: skip
+    train_model(data, models, rounds=30, model="ratio", spec=spec, target="label")
     h = start_server(models)
     ch = grpc.insecure_channel(h.target)
     st = pb_grpc.GRPCInferenceServiceStub(ch)

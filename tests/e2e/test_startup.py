@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from conftest import train_model
 
 from riskserve.client import build_request, probabilities
 from riskserve.pb.inference import grpc_service_pb2 as pb
@@ -27,7 +28,6 @@ pytestmark = pytest.mark.timeout(120)
 ROUNDS = 20
 SEED = 3
 CLI = Path(sys.executable).with_name("riskserve")
-FRAUD_SPEC = Path(__file__).resolve().parents[2] / "python/riskserve/training/specs/fraud.json"
 
 
 def _sha256(path: Path) -> str:
@@ -55,29 +55,15 @@ def _refusals(handle: Any) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def trained_thrice(tmp_path_factory: pytest.TempPathFactory, train_data: Path) -> dict[str, Any]:
     """`fraud` trained three times on the same data with the same seed."""
-    from riskserve.training.train import TrainConfig, train
-
     models = tmp_path_factory.mktemp("startup") / "models"
-    results = [
-        train(
-            TrainConfig(
-                data=train_data,
-                target="is_fraud",
-                model="fraud",
-                models_dir=models,
-                spec=FRAUD_SPEC,
-                seed=SEED,
-                rounds=ROUNDS,
-            )
-        )
-        for _ in range(3)
-    ]
+    results = [train_model(train_data, models, ROUNDS, SEED) for _ in range(3)]
     # hashed now: damaged_repo tampers with these files later
     on_disk = [_sha256(models / "fraud" / str(v) / "model.txt") for v in (1, 2, 3)]
     manifests = [_manifest(models / "fraud" / str(v)) for v in (1, 2, 3)]
     return {"models": models, "results": results, "on_disk": on_disk, "manifests": manifests}
 
 
+@pytest.mark.unit  # trains in process; no server
 def test_training_is_deterministic(trained_thrice: dict[str, Any]) -> None:
     models: Path = trained_thrice["models"]
     results = trained_thrice["results"]

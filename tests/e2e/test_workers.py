@@ -26,21 +26,19 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from conftest import FRAUD_SPEC, V2_DATATYPE, ServerHandle
 from prometheus_client.parser import text_string_to_metric_families
 from test_deployments import (  # the deployment tests' fixtures and helpers
-    FRAUD_SPEC,
     MODEL,
     RPC_TIMEOUT,
     TOKEN,
-    V2_DATATYPE,
     Admin,
-    Served,
     Traffic,
     base_models,
     in_process,
-    launch,
     models_copy,
     servers,
+    settings_env,
     traffic,
     traffic_request,
     train_data,
@@ -64,13 +62,13 @@ WORKERS = 2
 CONNECTIONS = 24
 
 
-def start_two(servers: Callable[..., Served], models: Path, **settings: Any) -> Served:
+def start_two(servers: Callable[..., ServerHandle], models: Path, **settings: Any) -> ServerHandle:
     srv = servers(models, workers=WORKERS, **settings)
     wait_for(lambda: srv.metric("riskserve_worker_up") == WORKERS, 15, "both workers' snapshots")
     return srv
 
 
-def fresh_stub(srv: Served) -> tuple[grpc.Channel, igrpc.GRPCInferenceServiceStub]:
+def fresh_stub(srv: ServerHandle) -> tuple[grpc.Channel, igrpc.GRPCInferenceServiceStub]:
     """A channel of its own (its own TCP connection, so the kernel picks a worker)."""
     ch = grpc.insecure_channel(
         srv.target, options=[("grpc.use_local_subchannel_pool", 1)]
@@ -78,7 +76,7 @@ def fresh_stub(srv: Served) -> tuple[grpc.Channel, igrpc.GRPCInferenceServiceStu
     return ch, igrpc.GRPCInferenceServiceStub(ch)
 
 
-def scrape(srv: Served, sample: str, **labels: str) -> list[Any]:
+def scrape(srv: ServerHandle, sample: str, **labels: str) -> list[Any]:
     """The samples named `sample` on the metrics process's /metrics with `labels`."""
     with urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=10) as r:
         text = r.read().decode()
@@ -90,17 +88,17 @@ def scrape(srv: Served, sample: str, **labels: str) -> list[Any]:
     ]
 
 
-def per_worker(srv: Served, sample: str, **labels: str) -> dict[str, float]:
+def per_worker(srv: ServerHandle, sample: str, **labels: str) -> dict[str, float]:
     return {s.labels["worker"]: s.value for s in scrape(srv, sample, **labels)}
 
 
-def bin_counts(srv: Served, version: str) -> dict[tuple[str, str], float]:
+def bin_counts(srv: ServerHandle, version: str) -> dict[tuple[str, str], float]:
     samples = scrape(srv, "riskserve_drift_bin_observations_total", model=MODEL, version=version)
     return {(s.labels["feature"], s.labels["bin"]): s.value for s in samples}
 
 
 def test_both_workers_serve_and_metrics_add_up(
-    models_copy: Callable[[str], Path], servers: Callable[..., Served], traffic: Traffic
+    models_copy: Callable[[str], Path], servers: Callable[..., ServerHandle], traffic: Traffic
 ) -> None:
     models = models_copy("models")
     srv = start_two(servers, models)
@@ -198,7 +196,9 @@ def _batch_request(traffic: Traffic, rows: list[int]) -> ipb.ModelInferRequest:
     return build_request(MODEL, cols, dts)
 
 
-def served_revisions(srv: Served, traffic: Traffic, n: int = CONNECTIONS) -> set[tuple[int, str]]:
+def served_revisions(
+    srv: ServerHandle, traffic: Traffic, n: int = CONNECTIONS
+) -> set[tuple[int, str]]:
     """(deployment revision, version) seen by `n` requests on `n` fresh connections."""
     out = set()
     for c in range(n):
@@ -211,19 +211,19 @@ def served_revisions(srv: Served, traffic: Traffic, n: int = CONNECTIONS) -> set
     return out
 
 
-def worker_revisions(srv: Served) -> dict[str, float]:
+def worker_revisions(srv: ServerHandle) -> dict[str, float]:
     return per_worker(srv, "riskserve_worker_deployment_revision", model=MODEL)
 
 
 def test_an_admin_change_reaches_every_worker(
     models_copy: Callable[[str], Path],
-    servers: Callable[..., Served],
+    servers: Callable[..., ServerHandle],
     traffic: Traffic,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     models = models_copy("models")
     srv = start_two(servers, models)
-    admin = srv.admin()
+    admin = Admin(srv.channel)
     converged = []
     for weights in ({1: 100, 2: 0}, {1: 50, 2: 50}, {1: 0, 2: 100}):
         t0 = time.perf_counter()
@@ -297,10 +297,10 @@ def test_an_admin_change_reaches_every_worker(
 
 
 def test_no_request_fails_while_deployments_change_across_workers(
-    models_copy: Callable[[str], Path], servers: Callable[..., Served], traffic: Traffic
+    models_copy: Callable[[str], Path], servers: Callable[..., ServerHandle], traffic: Traffic
 ) -> None:
     srv = start_two(servers, models_copy("models"))
-    admin = srv.admin()
+    admin = Admin(srv.channel)
     admin.SetTraffic(traffic_request({1: 100, 2: 0}))
     stop = threading.Event()
     replies: list[tuple[str, int, int]] = []
@@ -355,7 +355,7 @@ def test_no_request_fails_while_deployments_change_across_workers(
 
 
 def test_a_killed_worker_is_replaced_and_its_counts_kept(
-    models_copy: Callable[[str], Path], servers: Callable[..., Served], traffic: Traffic
+    models_copy: Callable[[str], Path], servers: Callable[..., ServerHandle], traffic: Traffic
 ) -> None:
     srv = start_two(servers, models_copy("models"))
     for c in range(CONNECTIONS):
@@ -391,9 +391,10 @@ def test_a_killed_worker_is_replaced_and_its_counts_kept(
 
 
 def test_workers_do_not_outlive_a_killed_supervisor(
-    models_copy: Callable[[str], Path], launch_server: Callable[..., Any]
+    models_copy: Callable[[str], Path], launch_server: Callable[..., ServerHandle]
 ) -> None:
-    srv = launch(launch_server, models_copy("models"), workers=WORKERS)
+    # launch_server: not stopped and checked afterwards, the test kills it.
+    srv = launch_server(models_copy("models"), env=settings_env(), workers=WORKERS)
     pids = [int(p) for p in srv.events("serving")[0]["workers"]]
     srv.proc.kill()  # SIGKILL: no chance to stop its children itself
     srv.proc.wait(10)

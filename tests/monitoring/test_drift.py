@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import train_fraud
+from conftest import train_model
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from riskserve._native import DriftMonitor, fit_reference, fit_spec
-from riskserve.monitoring import DriftAlerts, ServingCollector, table_view
+from riskserve.dataplane import table_view
+from riskserve.monitoring import DriftAlerts, ServingCollector
 from riskserve.registry import ModelRepository, VersionRef
 from riskserve.routing.table import Deployment, RoutingTable
 from riskserve.runtime import LoadedModel, load_version
@@ -114,7 +115,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelRepository, 
     """A real LightGBM model trained by riskserve on 20,000 generated rows."""
     d = tmp_path_factory.mktemp("drift")
     run_datagen(20_000, 0, d / "train.parquet")
-    res = train_fraud(d / "train.parquet", d / "models", rounds=30)
+    res = train_model(d / "train.parquet", d / "models", rounds=30)
     assert res.metrics["auc"] > 0.7, res.metrics
     return ModelRepository(d / "models"), res.ref
 

@@ -38,17 +38,17 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from conftest import ServerHandle, train_model
 from prometheus_client.parser import text_string_to_metric_families
 
 from riskserve.client import Client, build_request, probabilities
 from riskserve.training.datagen import generate, run_datagen
-from riskserve.training.train import TrainConfig, columns_of, train
+from riskserve.training.train import columns_of
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
-SPEC = ROOT / "python" / "riskserve" / "training" / "specs" / "fraud.json"
 
 MODEL = "fraud"
 VERSION = "1"
@@ -241,7 +241,9 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, launch_server: Any) -> Iterator[Fleet]:
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, launch_server: Callable[..., ServerHandle]
+) -> Iterator[Fleet]:
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         pytest.fail(
@@ -254,32 +256,19 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, launch_server: Any) -> Itera
     data = work / "train.parquet"
     run_datagen(TRAIN_ROWS, TRAIN_SEED, data)
     models = work / "models"
-    res = train(
-        TrainConfig(
-            data=data,
-            target="is_fraud",
-            model=MODEL,
-            models_dir=models,
-            spec=SPEC,
-            seed=TRAIN_SEED,
-            rounds=TRAIN_ROUNDS,
-        )
-    )
+    res = train_model(data, models, TRAIN_ROUNDS, TRAIN_SEED, model=MODEL)
     assert str(res.ref.version) == VERSION
     spec = json.loads((res.ref.path / "features.json").read_text())
     assert spec["reference"] is not None, "training wrote no drift reference"
 
-    servers: list[Any] = []
+    servers: list[ServerHandle] = []
     prom: Prom | None = None
     clients: list[Client] = []
     try:
         for _ in range(2):
             servers.append(launch_server(models))
-        metrics_ports = []
-        for h in servers:
-            serving = [e for e in h.events() if e.get("event") == "serving"]
-            assert serving and serving[-1].get("metrics_port"), h.log_text()
-            metrics_ports.append(int(serving[-1]["metrics_port"]))
+        metrics_ports = [h.metrics_port for h in servers]
+        assert all(metrics_ports), [h.log_text() for h in servers]
         instances = tuple(f"127.0.0.1:{p}" for p in metrics_ports)
 
         # Prometheus, scraping both replicas every second, rules every second.

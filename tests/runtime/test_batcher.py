@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import train_fraud
+from conftest import train_model
 
 from riskserve.client import pack_bytes
+from riskserve.config import BatchingSettings
 from riskserve.errors import DeadlineExceeded, InvalidInput
 from riskserve.registry import ModelRepository
 from riskserve.runtime import LoadedModel, load_version
@@ -25,11 +26,17 @@ from riskserve.training.datagen import generate, run_datagen
 from riskserve.training.train import columns_of
 
 
+def batching(**kw: Any) -> BatchingSettings:
+    """Batching settings for these tests: every batch goes to the pool unless a
+    test sets inline_rows."""
+    return BatchingSettings(**{"inline_rows": 0, **kw})
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelRepository, Any]:
     d = tmp_path_factory.mktemp("batcher")
     run_datagen(3000, 3, d / "train.parquet")
-    res = train_fraud(d / "train.parquet", d / "models", rounds=15)
+    res = train_model(d / "train.parquet", d / "models", rounds=15)
     return ModelRepository(d / "models"), res.ref
 
 
@@ -51,7 +58,7 @@ def test_a_released_version_is_freed_despite_its_batcher(
 
     async def use() -> None:
         with ThreadPoolExecutor(1) as pool:
-            b = batchers[held[0]] = Batcher(held[0], pool, _score, max_batch_size=8)
+            b = batchers[held[0]] = Batcher(held[0], pool, _score, batching(max_batch_size=8))
             await b.submit(row, 1)
 
     asyncio.run(use())
@@ -88,7 +95,7 @@ def test_replies_reach_their_callers_and_batches_respect_the_cap(model: LoadedMo
 
     async def main() -> tuple[list[np.ndarray], Batcher]:
         with ThreadPoolExecutor(2) as pool:
-            b = Batcher(model, pool, _score, max_batch_size=16)
+            b = Batcher(model, pool, _score, batching(max_batch_size=16))
             got = await asyncio.gather(*(b.submit(r, 1) for r in rows))
             return got, b
 
@@ -111,7 +118,7 @@ def test_multi_row_requests_are_split_back_exactly(model: LoadedModel) -> None:
 
     async def main() -> tuple[list[np.ndarray], Batcher]:
         with ThreadPoolExecutor(2) as pool:
-            b = Batcher(model, pool, _score, max_batch_size=32)
+            b = Batcher(model, pool, _score, batching(max_batch_size=32))
             got = await asyncio.gather(*(b.submit(p, n) for p, n in zip(parts, sizes, strict=True)))
             return got, b
 
@@ -133,7 +140,7 @@ def test_bad_input_fails_only_its_own_request(model: LoadedModel) -> None:
 
     async def main() -> list[Any]:
         with ThreadPoolExecutor(2) as pool:
-            b = Batcher(model, pool, _score, max_batch_size=64)
+            b = Batcher(model, pool, _score, batching(max_batch_size=64))
             return await asyncio.gather(*(b.submit(r, 1) for r in rows), return_exceptions=True)
 
     got = asyncio.run(main())
@@ -149,7 +156,7 @@ def test_an_idle_batcher_never_waits_for_max_delay(model: LoadedModel) -> None:
 
     async def main() -> float:
         with ThreadPoolExecutor(1) as pool:
-            b = Batcher(model, pool, _score, max_batch_size=64, max_delay=5.0)
+            b = Batcher(model, pool, _score, batching(max_batch_size=64, max_batch_delay=5.0))
             t = time.monotonic()
             await b.submit(row, 1)
             return time.monotonic() - t
@@ -162,7 +169,7 @@ def test_a_request_whose_deadline_passed_in_the_queue_is_not_run(model: LoadedMo
 
     async def main() -> list[Any]:
         with ThreadPoolExecutor(1) as pool:
-            b = Batcher(model, pool, _score, max_batch_size=1)
+            b = Batcher(model, pool, _score, batching(max_batch_size=1))
             return await asyncio.gather(
                 b.submit(rows[0], 1), b.submit(rows[1], 1, time_remaining=0.0),
                 return_exceptions=True,
@@ -196,7 +203,7 @@ def test_small_batches_run_inline_and_larger_ones_in_the_pool(model: LoadedModel
 
     async def main() -> tuple[list[Any], list[Any]]:
         with ThreadPoolExecutor(1, thread_name_prefix="pool") as pool:
-            b = Batcher(model, pool, score, max_batch_size=64, inline_rows=4)
+            b = Batcher(model, pool, score, batching(max_batch_size=64, inline_rows=4))
             lone = [await b.submit(rows[0], 1)]  # 1 row: inline
             many = await asyncio.gather(*(b.submit(r, 1) for r in rows))  # 12 rows: pool
             return lone, many

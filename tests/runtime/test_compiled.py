@@ -13,7 +13,7 @@ from typing import Any
 import lightgbm
 import numpy as np
 import pytest
-from conftest import train_fraud
+from conftest import train_model
 
 from riskserve.registry import ModelRepository
 from riskserve.runtime import LoadedModel, load_version
@@ -30,7 +30,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
     d = tmp_path_factory.mktemp("compiled")
     run_datagen(3000, 5, d / "train.parquet")
     for seed in (1, 2):
-        train_fraud(d / "train.parquet", d / "models", rounds=25, seed=seed)
+        train_model(d / "train.parquet", d / "models", rounds=25, seed=seed)
     return ModelRepository(d / "models")
 
 

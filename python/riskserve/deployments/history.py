@@ -209,7 +209,13 @@ def load(cur: Revision, loaded: Collection[int], actor: str, reason: str, at: st
 
 
 def unload(
-    name: str, cur: Revision, loaded: Collection[int], version: int, actor: str, reason: str, at: str
+    name: str,
+    cur: Revision,
+    loaded: Collection[int],
+    version: int,
+    actor: str,
+    reason: str,
+    at: str,
 ) -> Revision:
     """`version` leaves (it must take no traffic); `loaded` no longer holds it."""
     if version not in loaded:
@@ -320,7 +326,13 @@ def set_shadow(
 
 
 def promote(
-    name: str, cur: Revision, loaded: Collection[int], version: int, actor: str, reason: str, at: str
+    name: str,
+    cur: Revision,
+    loaded: Collection[int],
+    version: int,
+    actor: str,
+    reason: str,
+    at: str,
 ) -> Revision:
     """`version` takes all traffic; the other variants stay at weight 0."""
     if version not in loaded:

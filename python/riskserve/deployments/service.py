@@ -142,7 +142,9 @@ class DeploymentService:
                 try:
                     manifest = self.repo.verify(ref)
                 except IntegrityError as e:
-                    versions.append(VersionStatus(ref.version, VersionState.REFUSED, reason=e.message))
+                    versions.append(
+                        VersionStatus(ref.version, VersionState.REFUSED, reason=e.message)
+                    )
                     continue
                 versions.append(
                     VersionStatus(
@@ -378,7 +380,9 @@ class DeploymentService:
     ) -> Revision:
         async with self._change(name):
             st = self.state(name)
-            rev = h.set_shadow(name, st.current, st.models, version, percent, actor, reason, h.now())
+            rev = h.set_shadow(
+                name, st.current, st.models, version, percent, actor, reason, h.now()
+            )
             return await self._commit(st, rev)
 
     async def promote(self, name: str, version: int, actor: str, reason: str) -> Revision:

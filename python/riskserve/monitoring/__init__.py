@@ -6,7 +6,6 @@ from riskserve.monitoring.metrics import (
     ModelView,
     ServingCollector,
     VersionView,
-    table_view,
 )
 
-__all__ = ["DriftAlerts", "Metrics", "ModelView", "ServingCollector", "VersionView", "table_view"]
+__all__ = ["DriftAlerts", "Metrics", "ModelView", "ServingCollector", "VersionView"]

@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from riskserve._native import DriftMonitor
+from riskserve.config import DriftSettings
 from riskserve.monitoring.metrics import ModelView, VersionView
 from riskserve.registry import ModelRepository
 
@@ -260,18 +261,18 @@ class WorkerCollector(Collector):
 
 def run_metrics_process(
     directory: Path,
+    drift: DriftSettings,
+    *,
     models_dir: Path,
     host: str,
     port: int,
-    threshold: float,
-    bins: bool,
-    check_seconds: float,
     ready: Callable[[int], None],
     stopping: Callable[[float], bool],
 ) -> None:
-    """The metrics process: serves /metrics for the whole fleet and logs drift
-    alerts on the merged counts. `ready(port)` once listening; runs until
-    `stopping(timeout)` returns True."""
+    """The metrics process: serves /metrics on host:port for the whole fleet
+    (the workers' files in `directory`, the versions' references in
+    `models_dir`) and logs drift alerts on the merged counts. `ready(port)`
+    once listening; runs until `stopping(timeout)` returns True."""
     from prometheus_client import multiprocess, start_http_server
 
     from riskserve.monitoring.metrics import DriftAlerts, ServingCollector
@@ -279,12 +280,12 @@ def run_metrics_process(
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
     fleet = Fleet(directory, ModelRepository(models_dir))
-    registry.register(ServingCollector(fleet.views, threshold, bins))
+    registry.register(ServingCollector(fleet.views, drift.threshold, drift.bins))
     registry.register(WorkerCollector(fleet))
     httpd, _thread = start_http_server(port, host, registry=registry)
     ready(int(httpd.server_port))
-    alerts = DriftAlerts(fleet.views, threshold)
-    while not stopping(check_seconds):
+    alerts = DriftAlerts(fleet.views, drift.threshold)
+    while not stopping(drift.check_seconds):
         try:
             alerts.check()
         except Exception:

@@ -16,9 +16,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from riskserve.routing import RoutingTable
-from riskserve.runtime import LoadedModel
-
 log = logging.getLogger(__name__)
 
 #: Dense between 0.5 ms and 50 ms, where a payment team's contract lives.
@@ -112,10 +109,9 @@ class Metrics:
         rws.inc(rows)
         rr.observe(rows)
 
-    def observe_batch(self, model: LoadedModel, rows: int, waits: Sequence[float]) -> None:
-        labels = (model.name, str(model.version))
-        self.batch_rows.labels(*labels).observe(rows)
-        q = self.queue_seconds.labels(*labels)
+    def observe_batch(self, model: str, version: str, rows: int, waits: Sequence[float]) -> None:
+        self.batch_rows.labels(model, version).observe(rows)
+        q = self.queue_seconds.labels(model, version)
         for w in waits:
             q.observe(w)
 
@@ -156,21 +152,6 @@ class ModelView:
     name: str
     revision: int
     versions: tuple[VersionView, ...]
-
-
-def table_view(table: RoutingTable) -> list[ModelView]:
-    """The views of this process's own routing table."""
-    return [
-        ModelView(
-            name,
-            dep.revision,
-            tuple(
-                VersionView(v, m.manifest.model_sha256, m.drift)
-                for v, m in sorted(dep.versions.items())
-            ),
-        )
-        for name, dep in table.deployments.items()
-    ]
 
 
 class ServingCollector(Collector):

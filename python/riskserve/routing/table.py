@@ -2,7 +2,7 @@
 (loaded versions, traffic split, shadow). It is replaced as a whole, never
 mutated, so a request that resolved a version keeps it for its whole life.
 
-Assignment (DESIGN §7): bucket = murmur3_x86_32(salt + routing_key) mod 10,000;
+Assignment (docs/architecture.md): bucket = murmur3_x86_32(salt + routing_key) mod 10,000;
 variants own contiguous bucket ranges in version order, sized by their weights.
 Every process and host computes the same bucket for the same key and salt, and
 moving weight from one variant to its neighbour moves only the keys between the

@@ -1,7 +1,8 @@
-"""Dynamic batching per loaded version (DESIGN §1): requests join the version's
+"""Dynamic batching per loaded version (docs/architecture.md): requests join the version's
 queue; a batch is whatever arrived while the previous batch ran, capped at
-`max_batch_size` rows, so an idle server scores a lone request at once and a
-busy one amortises the per-call cost of the pipeline and the model.
+`max_batch_size` rows (BatchingSettings), so an idle server scores a lone
+request at once and a busy one amortises the per-call cost of the pipeline and
+the model.
 
 One batch per version is in flight at a time; the numeric work runs in the
 compute pool with the GIL released. If a merged batch fails on bad input, its
@@ -24,13 +25,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from riskserve.config import BatchingSettings
 from riskserve.errors import DeadlineExceeded, InvalidInput
 from riskserve.runtime.loaded import LoadedModel
 
 Scores = npt.NDArray[np.float32]
 ScoreFn = Callable[[LoadedModel, Mapping[str, Any]], Scores]
-#: Called once per batch: (model, rows in the batch, seconds each request queued).
-BatchObserver = Callable[[LoadedModel, int, Sequence[float]], None]
+#: Called once per batch: (model name, version, rows in the batch, seconds each
+#: request queued).
+BatchObserver = Callable[[str, str, int, Sequence[float]], None]
 
 
 @dataclasses.dataclass
@@ -78,23 +81,22 @@ class Batcher:
         model: LoadedModel,
         pool: Executor,
         score: ScoreFn,
-        max_batch_size: int,
-        max_delay: float = 0.0,
+        settings: BatchingSettings,
         observe: BatchObserver | None = None,
-        inline_rows: int = 0,
     ) -> None:
         # Weak: the dataplane keys batchers weakly by model, and a strong reference
         # here would keep every unloaded version alive. In-flight requests hold
         # the model themselves.
         self._model = weakref.ref(model)
+        self._labels = (model.name, str(model.version))
         self._pool = pool
         self._score = score
-        self.max_batch_size = max_batch_size
-        self.max_delay = max_delay
+        self.max_batch_size = settings.max_batch_size
+        self.max_delay = settings.max_batch_delay
         self._observe = observe
         #: Batches of at most this many rows run on the event loop itself,
         #: skipping the hand-off to the pool (0: every batch goes to the pool).
-        self.inline_rows = inline_rows
+        self.inline_rows = settings.inline_rows
         self._queue: collections.deque[_Pending] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         #: Rows of every batch run (bounded), for tests and diagnostics.
@@ -155,7 +157,7 @@ class Batcher:
             rows = sum(p.rows for p in batch)
             self.batch_rows.append(rows)
             if self._observe is not None:
-                self._observe(self.model, rows, [now - p.enqueued for p in batch])
+                self._observe(*self._labels, rows, [now - p.enqueued for p in batch])
             try:
                 merged = merge_columns([p.columns for p in batch])
                 if rows <= self.inline_rows:

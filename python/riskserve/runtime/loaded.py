@@ -18,7 +18,6 @@ from riskserve.registry import Manifest, ModelRepository, VersionRef
 from riskserve.runtime.runtimes import LightGBMRuntime, ModelRuntime, OnnxRuntime, Scores
 
 
-
 @dataclasses.dataclass(frozen=True)
 class InputInfo:
     name: str

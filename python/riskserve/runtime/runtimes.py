@@ -4,7 +4,6 @@ release the GIL inside their native predict call."""
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -30,19 +29,15 @@ class LightGBMRuntime:
 
     platform = "lightgbm"
 
-    def __init__(self, model_file: Path | bytes, n_features: int) -> None:
-        """`model_file`: a path, or the verified bytes of model.txt."""
+    def __init__(self, model_txt: bytes, n_features: int) -> None:
+        """`model_txt`: the verified bytes of model.txt."""
         import lightgbm
         import lightgbm.basic as lgb_basic
 
-        if isinstance(model_file, bytes):
-            self._booster = lightgbm.Booster(model_str=model_file.decode())
-            model_file = Path("model.txt")
-        else:
-            self._booster = lightgbm.Booster(model_file=str(model_file))
+        self._booster = lightgbm.Booster(model_str=model_txt.decode())
         if self._booster.num_feature() != n_features:
             raise ValueError(
-                f"{model_file}: model expects {self._booster.num_feature()} features, "
+                f"model.txt: model expects {self._booster.num_feature()} features, "
                 f"the feature spec produces {n_features}"
             )
         self.n_features = n_features
@@ -90,29 +85,25 @@ class OnnxRuntime:
 
     platform = "onnxruntime_onnx"
 
-    def __init__(
-        self, model_file: Path | bytes, n_features: int, intra_op_threads: int = 1
-    ) -> None:
-        """`model_file`: a path, or the verified bytes of model.onnx."""
+    def __init__(self, model_onnx: bytes, n_features: int, intra_op_threads: int = 1) -> None:
+        """`model_onnx`: the verified bytes of model.onnx."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        source = model_file if isinstance(model_file, bytes) else str(model_file)
         self._session = ort.InferenceSession(
-            source, sess_options=opts, providers=["CPUExecutionProvider"]
+            model_onnx, sess_options=opts, providers=["CPUExecutionProvider"]
         )
-        model_file = model_file if isinstance(model_file, Path) else Path("model.onnx")
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
-            raise ValueError(f"{model_file}: expected one input, found {len(inputs)}")
+            raise ValueError(f"model.onnx: expected one input, found {len(inputs)}")
         self._input = inputs[0].name
         width = inputs[0].shape[1] if len(inputs[0].shape) == 2 else None
         if isinstance(width, int) and width != n_features:
             raise ValueError(
-                f"{model_file}: model expects {width} features, the spec produces {n_features}"
+                f"model.onnx: model expects {width} features, the spec produces {n_features}"
             )
         names = [o.name for o in self._session.get_outputs()]
         self._output = "probabilities" if "probabilities" in names else names[-1]

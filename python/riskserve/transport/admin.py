@@ -39,7 +39,11 @@ def deployment_pb(name: str, rev: Revision) -> pb.Deployment:
 
 def version_pb(v: VersionStatus) -> pb.VersionInfo:
     return pb.VersionInfo(
-        version=v.version, state=v.state.value, sha256=v.sha256, platform=v.platform, reason=v.reason
+        version=v.version,
+        state=v.state.value,
+        sha256=v.sha256,
+        platform=v.platform,
+        reason=v.reason,
     )
 
 

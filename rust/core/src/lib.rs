@@ -4,10 +4,16 @@
 //! * [`pipeline::FeaturePipeline`]: compiled once from a spec, turns a batch of raw
 //!   columns into a row-major `f32` matrix. The training pipeline and the server
 //!   both call it, so there is one implementation of every transform.
+//! * [`column`]: borrowed views of one raw input column (numbers, flags, strings).
 //! * [`fit`]: fits a spec template's statistics (imputation values, means, quantile
 //!   edges, vocabularies) on training columns.
+//! * [`drift`]: reference bins fitted at training, exact streaming per-bin counts
+//!   in a ring of sub-windows, and the one PSI implementation.
 //! * [`hash`]: MurmurHash3 x86_32, the portable hash behind hashed categories and
-//!   (later) sticky traffic assignment.
+//!   sticky traffic assignment.
+//! * [`wire`]: reads a serialized Open Inference Protocol `ModelInferRequest`
+//!   without building protobuf objects.
+//! * [`error`]: the one typed error enum every fallible function returns.
 
 pub mod column;
 pub mod drift;
