@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from riskserve._native import DriftMonitor
 from riskserve.config import DriftSettings
+from riskserve.files import write_atomic
 from riskserve.monitoring.metrics import ModelView, VersionView
 from riskserve.registry import ModelRepository
 
@@ -95,15 +95,7 @@ class SnapshotWriter:
         }
 
     def write(self) -> None:
-        text = json.dumps(self.snapshot(), separators=(",", ":"))
-        fd, tmp = tempfile.mkstemp(prefix=".worker-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, json.dumps(self.snapshot(), separators=(",", ":")))
 
 
 @dataclasses.dataclass(frozen=True)
