@@ -229,8 +229,20 @@ class CanarySettings(_Group):
         at_least=0,
         at_most=1,
     )
-    max_p95_seconds: float = _setting(
-        0.05, "CANARY_MAX_P95_SECONDS", "Largest p95 latency of a canary, seconds.", above=0
+    max_p95_ratio: float = _setting(
+        2.0,
+        "CANARY_MAX_P95_RATIO",
+        "Largest ratio of a canary's p95 latency to its control's, on requests of the same "
+        "row-count class (1, 2-8, 9-64, 65-512, more rows), each side with at least "
+        "RISKSERVE_CANARY_MIN_REQUESTS of them.",
+        above=0,
+    )
+    p95_slack_seconds: float = _setting(
+        0.005,
+        "CANARY_P95_SLACK_SECONDS",
+        "A canary slower than RISKSERVE_CANARY_MAX_P95_RATIO allows by less than this "
+        "(seconds) is not a breach: sub-millisecond noise on small requests.",
+        at_least=0,
     )
     max_score_psi: float = _setting(
         0.25,

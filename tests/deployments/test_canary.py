@@ -13,14 +13,25 @@ import pytest
 from service_rig import rig
 
 from riskserve.config import CanarySettings
-from riskserve.deployments.canary import SCORE_EDGES, CanaryGuard, VariantStats, score_psi
+from riskserve.deployments.canary import (
+    SCORE_EDGES,
+    CanaryGuard,
+    VariantStats,
+    row_class,
+    score_psi,
+)
+from riskserve.errors import Conflict
 
 # --------------------------------------------------------------------------------------
 # the canary guard
 # --------------------------------------------------------------------------------------
 
 SETTINGS = CanarySettings(
-    min_requests=100, max_error_ratio=0.02, max_p95_seconds=0.05, max_score_psi=0.25
+    min_requests=100,
+    max_error_ratio=0.02,
+    max_p95_ratio=2.0,
+    p95_slack_seconds=0.005,
+    max_score_psi=0.25,
 )
 
 
@@ -29,9 +40,11 @@ def stats(
     errors: int = 0,
     latency: float = 0.002,
     scores: np.ndarray | None = None,
+    rows: int = 1,
 ) -> VariantStats:
     st = VariantStats(requests=requests, errors=errors)
-    st.latencies.extend([latency] * (requests - errors))
+    for _ in range(requests - errors):
+        st.add_latency(latency, rows)
     if scores is not None:
         st.add_scores(scores)
     return st
@@ -90,16 +103,53 @@ def test_check_error_ratio_at_the_bound_is_no_breach(guard: Guard) -> None:
     assert guard.check("fraud", 2, stats(1_000, errors=20), stats(1_000)) is None
 
 
-def test_check_latency_breach(guard: Guard) -> None:
+@pytest.mark.parametrize(
+    "rows,cls", [(1, 0), (2, 1), (8, 1), (9, 2), (64, 2), (65, 3), (512, 3), (513, 4), (10**6, 4)]
+)
+def test_row_classes(rows: int, cls: int) -> None:
+    assert row_class(rows) == cls
+
+
+def test_check_latency_breach_against_the_control(guard: Guard) -> None:
     st = stats(200, latency=0.002)
-    st.latencies.extend([0.2] * 20)  # ~9% slow: the p95 is 200 ms
-    b = guard.check("fraud", 2, st, stats(1_000))
+    for _ in range(20):
+        st.add_latency(0.2, 1)  # ~9% slow: the p95 is 200 ms
+    b = guard.check("fraud", 2, st, stats(1_000, latency=0.002))
     assert b is not None and b.kind == "latency"
-    assert "p95 200.00 ms > 50.00 ms" in b.detail
+    assert "p95 of 1-row requests 200.00 ms > 2 x the control's 2.00 ms (+5 ms)" in b.detail
 
 
-def test_check_latency_just_below_the_bound(guard: Guard) -> None:
-    assert guard.check("fraud", 2, stats(500, latency=0.049), stats(500)) is None
+def test_check_latency_within_the_ratio_or_the_slack(guard: Guard) -> None:
+    # 1.9x the control: within the ratio
+    assert guard.check("fraud", 2, stats(500, latency=0.019), stats(500, latency=0.010)) is None
+    # 4x the control but only 3 ms slower: within the slack
+    assert guard.check("fraud", 2, stats(500, latency=0.004), stats(500, latency=0.001)) is None
+    b = guard.check("fraud", 2, stats(500, latency=0.021), stats(500, latency=0.010))
+    assert b is not None and b.kind == "latency"
+
+
+def test_big_requests_are_compared_only_with_big_control_requests(guard: Guard) -> None:
+    """The probe that tripped the old absolute bound: a client pins its routing key to
+    the canary and sends 2,000-row requests. The control never served any that big,
+    so they are not compared; 1-row requests of both are, and match."""
+    canary = stats(300, latency=0.002)
+    for _ in range(300):
+        canary.add_latency(0.5, 2_000)
+    assert guard.check("fraud", 2, canary, stats(1_000, latency=0.002)) is None
+    control = stats(1_000, latency=0.002)
+    for _ in range(300):
+        control.add_latency(0.45, 2_000)  # big control requests as slow: still fine
+    assert guard.check("fraud", 2, canary, control) is None
+    for _ in range(300):
+        canary.add_latency(2.0, 2_000)  # now much slower than the control's
+    b = guard.check("fraud", 2, canary, control)
+    assert b is not None and "513+ row requests" in b.detail
+
+
+def test_latency_is_judged_only_with_enough_samples_on_both_sides(guard: Guard) -> None:
+    assert guard.check("fraud", 2, stats(99, latency=1.0), stats(1_000)) is None
+    assert guard.check("fraud", 2, stats(1_000, latency=1.0), stats(99)) is None
+    assert guard.check("fraud", 2, stats(1_000, latency=1.0), None) is None
 
 
 def test_check_score_psi_breach(guard: Guard) -> None:
@@ -114,7 +164,7 @@ def test_check_score_psi_breach(guard: Guard) -> None:
 
 def test_check_no_breach_below_every_bound(guard: Guard) -> None:
     ctl = stats(2_000, errors=10, scores=low_scores(1_990))
-    canary = stats(2_000, errors=30, latency=0.01, scores=low_scores(1_970, 7))
+    canary = stats(2_000, errors=30, latency=0.003, scores=low_scores(1_970, 7))
     assert score_psi(canary.scores, ctl.scores) < 0.05
     assert guard.check("fraud", 2, canary, ctl) is None
 
@@ -161,7 +211,8 @@ def test_enforce_rolls_back_counts_and_forgets(guard: Guard) -> None:
     assert (b.version, b.kind) == (2, "error_ratio")
     cur = svc.current("fraud")
     assert cur.revision == 3 and cur.variants == ((1, 100), (2, 0))
-    assert cur.action == "rollback" and cur.actor == "canary-guard"
+    assert cur.action == "canary_rollback" and cur.actor == "canary-guard"
+    assert cur.held == (2,)
     assert cur.reason.startswith("canary v2: error ratio 0.1000 > 0.02")
     assert guard.counted == [("fraud", "canary_error_ratio")]
     assert ("fraud", 2) not in guard.stats  # the old revision's stats are dropped
@@ -176,3 +227,36 @@ def test_a_broken_canary_at_an_even_split_is_caught(guard: Guard) -> None:
     _record(guard, 2, 2, 200, 100)
     (b,) = guard.breaches()
     assert (b.version, b.kind) == (2, "error_ratio")
+
+
+def test_the_guard_lowers_a_canary_and_never_raises_another_weight(guard: Guard) -> None:
+    """90/10 after 50/50: undoing the last change would raise the failing canary to
+    50 %; the guard sets it to 0 and gives its 10 to the control."""
+    svc = guard.deployments
+    asyncio.run(svc.set_traffic("fraud", [(1, 50), (2, 50)], "", "t", ""))
+    asyncio.run(svc.set_traffic("fraud", [(1, 90), (2, 10)], "", "t", ""))
+    _record(guard, 1, 3, 500, 0)
+    _record(guard, 2, 3, 50, 50)
+    (breach,) = asyncio.run(guard.enforce())
+    assert breach.version == 2
+    assert svc.current("fraud").variants == ((1, 100), (2, 0))
+    # A manual rollback keeps its undo meaning but never gives v2 traffic again.
+    with pytest.raises(Conflict, match=r"keeps \[2\] \(held by the canary guard\) at weight 0"):
+        asyncio.run(svc.rollback("fraud", "ops", "undo"))
+    # Only an explicit split does.
+    asyncio.run(svc.set_traffic("fraud", [(1, 95), (2, 5)], "", "ops", "try again"))
+    assert svc.current("fraud").held == ()
+
+
+def test_two_failing_canaries_go_in_one_change(guard: Guard) -> None:
+    svc = guard.deployments
+    asyncio.run(svc.load("fraud", 3, "t", ""))
+    split = asyncio.run(svc.set_traffic("fraud", [(1, 80), (2, 10), (3, 10)], "", "t", ""))
+    for v, bad in ((1, 0), (2, 50), (3, 40)):
+        _record(guard, v, split.revision, 100 - bad, bad)
+    acted = asyncio.run(guard.enforce())
+    assert sorted(b.version for b in acted) == [2, 3]
+    cur = svc.current("fraud")
+    assert cur.revision == split.revision + 1
+    assert cur.variants == ((1, 100), (2, 0), (3, 0)) and cur.held == (2, 3)
+    assert sorted(guard.counted) == [("fraud", "canary_error_ratio")] * 2

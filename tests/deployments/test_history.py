@@ -173,6 +173,68 @@ def _chain(*changes: Revision) -> list[Revision]:
     return list(changes)
 
 
+def test_demote_gives_the_canary_s_share_to_the_control() -> None:
+    cur = rev(((1, 80), (2, 10), (3, 10)), loaded=(1, 2, 3))
+    nxt = h.demote("fraud", cur, {3}, "canary-guard", "bad", AT)
+    assert nxt.variants == ((1, 90), (2, 10), (3, 0))
+    assert nxt.action == "canary_rollback" and nxt.held == (3,) and nxt.undo_from == 2
+    both = h.demote("fraud", cur, {2, 3}, "canary-guard", "bad", AT)
+    assert both.variants == ((1, 100), (2, 0), (3, 0)) and both.held == (2, 3)
+    with pytest.raises(Conflict, match="the control v1 cannot be demoted"):
+        h.demote("fraud", cur, {1}, "canary-guard", "", AT)
+    with pytest.raises(Conflict, match=r"versions \[4\] take no traffic"):
+        h.demote("fraud", cur, {4}, "canary-guard", "", AT)
+
+
+def test_no_weight_but_the_control_s_ever_rises_in_a_demotion() -> None:
+    import itertools
+
+    for w2, w3 in itertools.product(range(0, 50, 7), range(0, 50, 9)):
+        cur = rev(((1, 100 - w2 - w3), (2, w2), (3, w3)), loaded=(1, 2, 3))
+        for bad in ({2}, {3}, {2, 3}):
+            if not all(dict(cur.live).get(v) for v in bad) or cur.control in bad:
+                continue
+            nxt = h.demote("fraud", cur, bad, "g", "", AT)
+            before, after = dict(cur.variants), dict(nxt.variants)
+            assert sum(after.values()) == 100
+            for v in (1, 2, 3):
+                assert v == cur.control or after[v] <= before[v]
+            assert all(after[v] == 0 for v in bad)
+
+
+def test_holds_survive_changes_until_an_operator_gives_the_version_traffic() -> None:
+    held = h.demote("fraud", rev(((1, 90), (2, 10))), {2}, "g", "", AT)
+    assert h.load(held, {1, 2, 3}, "t", "", AT).held == (2,)
+    assert h.set_shadow("fraud", held, {1, 2}, 2, 5.0, "t", "", AT).held == (2,)
+    assert h.set_traffic("fraud", held, {1, 2}, [(1, 100), (2, 0)], "", "t", "", AT).held == (2,)
+    assert h.set_traffic("fraud", held, {1, 2}, [(1, 99), (2, 1)], "", "t", "", AT).held == ()
+    assert h.promote("fraud", held, {1, 2}, 2, "t", "", AT).held == ()
+    assert h.remove(held, "t", "", AT).held == ()
+    assert Revision.from_json(held.to_json()).held == (2,)
+
+
+def test_rollback_never_gives_a_held_version_traffic() -> None:
+    history = [
+        rev(((1, 100), (2, 0)), revision=1),
+        rev(((1, 50), (2, 50)), revision=2),
+        rev(((1, 90), (2, 10)), revision=3),
+    ]
+    history.append(h.demote("fraud", history[-1], {2}, "canary-guard", "", AT))
+    with pytest.raises(Conflict, match="held by the canary guard"):
+        h.rollback_target("fraud", history)
+    # With another version in the history, undo goes to it, v2 kept at 0.
+    history = [
+        rev(((1, 0), (3, 100)), revision=1, loaded=(1, 2, 3)),
+        rev(((1, 100), (2, 0), (3, 0)), revision=2, loaded=(1, 2, 3)),
+        rev(((1, 50), (2, 50), (3, 0)), revision=3, loaded=(1, 2, 3)),
+    ]
+    history.append(h.demote("fraud", history[-1], {2}, "canary-guard", "", AT))
+    target, variants = h.rollback_target("fraud", history)
+    assert target.revision == 1 and dict(variants)[3] == 100
+    nxt = h.rollback(history[-1], target, variants, {1, 2, 3}, "ops", "", AT)
+    assert dict(nxt.variants).get(2, 0) == 0 and nxt.held == (2,)
+
+
 def test_rollback_target_skips_revisions_without_a_traffic_change() -> None:
     history = _chain(
         rev(((1, 100),), revision=1, loaded=(1, 2)),
@@ -180,7 +242,7 @@ def test_rollback_target_skips_revisions_without_a_traffic_change() -> None:
         rev(((1, 100),), revision=3),
         rev(((1, 100), (2, 0)), revision=4),  # a load: the same traffic
     )
-    assert h.rollback_target("fraud", history).revision == 2
+    assert h.rollback_target("fraud", history)[0].revision == 2
 
 
 def test_rollback_target_skips_removals_and_respects_the_undo_point() -> None:
@@ -189,7 +251,7 @@ def test_rollback_target_skips_removals_and_respects_the_undo_point() -> None:
         rev((), revision=2, action="remove", loaded=()),
         rev(((2, 100),), revision=3, loaded=(2,)),
     )
-    assert h.rollback_target("fraud", history).revision == 1
+    assert h.rollback_target("fraud", history)[0].revision == 1
     undone = [*history, rev(((1, 100),), revision=4, undo_from=1, action="rollback")]
     with pytest.raises(Conflict, match="no earlier deployment revision"):
         h.rollback_target("fraud", undone)
@@ -198,7 +260,7 @@ def test_rollback_target_skips_removals_and_respects_the_undo_point() -> None:
 def test_rollback_restores_the_split_without_unloaded_zero_weight_versions() -> None:
     target = rev(((1, 50), (2, 0), (3, 50)), revision=2, shadow=3, percent=2.0)
     cur = rev(((1, 100), (3, 0)), revision=4, loaded=(1, 3))
-    nxt = h.rollback(cur, target, {1, 3}, "t", "", AT)
+    nxt = h.rollback(cur, target, target.variants, {1, 3}, "t", "", AT)
     assert nxt.variants == ((1, 50), (3, 50)) and nxt.loaded == (1, 3)
     assert nxt.undo_from == 2 and nxt.revision == 5 and nxt.action == "rollback"
     assert nxt.reason == "roll back to revision 2" and nxt.shadow_version == 3

@@ -95,10 +95,15 @@ def test_rollback_with_nothing_to_undo_is_refused(r: Rig) -> None:
         asyncio.run(r.service.rollback("fraud", "t", ""))
 
 
-def test_rollback_at_a_stale_revision_is_refused(r: Rig) -> None:
+def test_a_demotion_measured_on_a_stale_revision_is_refused(r: Rig) -> None:
     asyncio.run(r.service.set_traffic("fraud", [(1, 90), (2, 10)], "", "t", ""))
-    with pytest.raises(Conflict, match="moved from revision 1 to 2"):
-        asyncio.run(r.service.rollback("fraud", "t", "", expected_revision=1))
+    asyncio.run(r.service.set_traffic("fraud", [(1, 80), (2, 20)], "", "t", ""))
+    with pytest.raises(Conflict, match="moved from revision 2 to 3"):
+        asyncio.run(r.service.demote("fraud", [2], "canary-guard", "late", expected_revision=2))
+    rev = asyncio.run(r.service.demote("fraud", [2], "canary-guard", "now", expected_revision=3))
+    assert rev.variants == ((1, 100), (2, 0)) and rev.held == (2,)
+    state = json.loads(r.state_file.read_text())
+    assert state["history"][-1]["held"] == [2]  # every process sees the hold
 
 
 def test_load_of_a_missing_version_is_not_found_and_changes_nothing(r: Rig) -> None:

@@ -147,14 +147,16 @@ def test_two_failing_canaries_roll_back_once(models: Path) -> None:
                 requests=100, errors=50 if v != 2 else 0
             )
         acted = await guard.enforce()
-        assert len(acted) == 1 and acted[0].revision == split.revision
+        assert sorted(b.version for b in acted) == [1, 3]
+        assert {b.revision for b in acted} == {split.revision}
         cur = mgr.state("fraud").current
-        # One step back: to v2 at 100%, not past it to the retired v3.
+        # Both canaries to 0 in one change, their share to the control v2.
+        assert cur.revision == split.revision + 1
         assert tuple((v, w) for v, w in cur.variants if w) == ((2, 100),)
-        assert cur.actor == "canary-guard"
+        assert cur.actor == "canary-guard" and cur.held == (1, 3)
         # A breach measured on an older revision is stale: no second rollback.
         with pytest.raises(Conflict, match="not rolling back"):
-            await mgr.rollback("fraud", "canary-guard", "late", expected_revision=split.revision)
+            await mgr.demote("fraud", [3], "canary-guard", "late", split.revision)
 
     asyncio.run(run())
 

@@ -42,6 +42,9 @@ class Revision:
     reason: str
     #: The next rollback searches revisions numbered below this.
     undo_from: int
+    #: Versions the canary guard took traffic from: no rollback gives them traffic
+    #: again, only an operator's explicit set_traffic or promote of that version.
+    held: tuple[int, ...] = ()
 
     def traffic(self) -> tuple[Any, ...]:
         """What routing sees: variants with weight, salt, shadow (a version at weight 0
@@ -83,6 +86,7 @@ class Revision:
             "actor": self.actor,
             "reason": self.reason,
             "undo_from": self.undo_from,
+            "held": list(self.held),
         }
 
     @classmethod
@@ -99,6 +103,7 @@ class Revision:
             actor=str(d.get("actor", "")),
             reason=str(d.get("reason", "")),
             undo_from=int(d.get("undo_from", d["revision"])),
+            held=tuple(int(v) for v in d.get("held", ())),
         )
 
 
@@ -148,9 +153,13 @@ def _next(
     reason: str,
     at: str,
     undo_from: int | None = None,
+    held: Collection[int] | None = None,
 ) -> Revision:
+    """The revision after `cur`; the canary guard's holds carry over unless `held`
+    is given."""
     no = cur.revision + 1 if cur is not None else 1
     shadow_version, shadow_percent = shadow
+    kept = (cur.held if cur is not None else ()) if held is None else held
     return Revision(
         revision=no,
         action=action,
@@ -163,6 +172,7 @@ def _next(
         actor=actor,
         reason=reason,
         undo_from=no if undo_from is None else undo_from,
+        held=tuple(sorted(set(kept))),
     )
 
 
@@ -247,6 +257,7 @@ def remove(cur: Revision, actor: str, reason: str, at: str) -> Revision:
         actor=actor,
         reason=reason,
         at=at,
+        held=(),
     )
 
 
@@ -281,16 +292,18 @@ def set_traffic(
     reason: str,
     at: str,
 ) -> Revision:
+    checked = check_variants(name, variants, loaded)
     return _next(
         cur,
         "set_traffic",
-        variants=check_variants(name, variants, loaded),
+        variants=checked,
         salt=salt or cur.salt,
         shadow=_shadow(cur),
         loaded=loaded,
         actor=actor,
         reason=reason,
         at=at,
+        held=set(cur.held) - {v for v, w in checked if w > 0},  # an operator's explicit choice
     )
 
 
@@ -348,29 +361,60 @@ def promote(
         actor=actor,
         reason=reason,
         at=at,
+        held=set(cur.held) - {version},
     )
 
 
-def rollback_target(name: str, history: Sequence[Revision]) -> Revision:
-    """The revision a rollback restores: the newest one before the current undo
-    point that had traffic (a revision without traffic marks a removal) and a
-    different split."""
+def _capped(variants: Variants, held: Collection[int]) -> Variants | None:
+    """`variants` with every held version at weight 0, its share given to the
+    control of the rest; None when only held versions have traffic."""
+    free = [(v, w) for v, w in variants if w > 0 and v not in held]
+    if not free:
+        return None
+    moved = sum(w for v, w in variants if w > 0 and v in held)
+    control = control_version(free)
+    return tuple(
+        sorted((v, 0 if v in held else w + (moved if v == control else 0)) for v, w in variants)
+    )
+
+
+def rollback_target(name: str, history: Sequence[Revision]) -> tuple[Revision, Variants]:
+    """The revision a rollback restores and the split it gives: the newest revision
+    before the current undo point that had traffic (a revision without traffic
+    marks a removal) and, with the versions the canary guard holds kept at weight
+    0, a split different from the current one. Never gives a held version traffic."""
     cur = history[-1]
     for r in reversed(history):
-        if r.revision < cur.undo_from and r.live and r.traffic() != cur.traffic():
-            return r
-    raise Conflict(f"{name} has no earlier deployment revision to roll back to")
+        if r.revision >= cur.undo_from or not r.live:
+            continue
+        variants = _capped(r.variants, cur.held)
+        if variants is None:
+            continue
+        live = tuple((v, w) for v, w in variants if w > 0)
+        if (live, r.salt, r.shadow_version, r.shadow_percent) != cur.traffic():
+            return r, variants
+    held = (
+        f" that keeps {list(cur.held)} (held by the canary guard) at weight 0" if cur.held else ""
+    )
+    raise Conflict(f"{name} has no earlier deployment revision to roll back to{held}")
 
 
 def rollback(
-    cur: Revision, target: Revision, loaded: Collection[int], actor: str, reason: str, at: str
+    cur: Revision,
+    target: Revision,
+    variants: Variants,
+    loaded: Collection[int],
+    actor: str,
+    reason: str,
+    at: str,
 ) -> Revision:
-    """Back to `target`'s split; `loaded` must hold every version it needs. Its
-    weight-0 versions that have been unloaded since stay out."""
+    """Back to `target`'s split, as rollback_target gave it (`variants`); `loaded`
+    must hold every version with traffic. Weight-0 versions that have been unloaded
+    since stay out."""
     return _next(
         cur,
         "rollback",
-        variants=tuple((v, w) for v, w in target.variants if w > 0 or v in loaded),
+        variants=tuple((v, w) for v, w in variants if w > 0 or v in loaded),
         salt=target.salt,
         shadow=_shadow(target),
         loaded=loaded,
@@ -378,6 +422,37 @@ def rollback(
         reason=reason or f"roll back to revision {target.revision}",
         at=at,
         undo_from=target.revision,
+    )
+
+
+def demote(
+    name: str, cur: Revision, versions: Collection[int], actor: str, reason: str, at: str
+) -> Revision:
+    """The canary guard's rollback: each of `versions` goes to weight 0 and its
+    share to the control; no other weight rises. The versions are held at 0 until
+    an operator gives them traffic again explicitly."""
+    control = control_version(cur.live)
+    bad = set(versions)
+    if control in bad:
+        raise Conflict(f"{name}: the control v{control} cannot be demoted")
+    missing = sorted(v for v in bad if v not in dict(cur.live))
+    if missing:
+        raise Conflict(f"{name}: versions {missing} take no traffic")
+    moved = sum(w for v, w in cur.live if v in bad)
+    variants = tuple(
+        (v, 0 if v in bad else w + (moved if v == control else 0)) for v, w in cur.variants
+    )
+    return _next(
+        cur,
+        "canary_rollback",
+        variants=variants,
+        salt=cur.salt,
+        shadow=_shadow(cur),
+        loaded=cur.loaded,
+        actor=actor,
+        reason=reason,
+        at=at,
+        held=set(cur.held) | bad,
     )
 
 
@@ -422,4 +497,5 @@ def fresh_start(name: str, prev: Revision | None, loaded: Collection[int], at: s
         actor=SYSTEM_ACTOR,
         reason="no deployment state: newest version live",
         at=at,
+        held=(),
     )

@@ -398,27 +398,35 @@ class DeploymentService:
         await self.load(name, v, actor, "RepositoryModelLoad")
         return await self.promote(name, v, actor, "RepositoryModelLoad")
 
-    async def rollback(
-        self, name: str, actor: str, reason: str, expected_revision: int | None = None
-    ) -> Revision:
-        """Undoes the last traffic change. With `expected_revision`, only if the
-        deployment is still at that revision (the canary guard's breach was
-        measured there; a newer change makes it stale)."""
+    async def rollback(self, name: str, actor: str, reason: str) -> Revision:
+        """Undoes the last traffic change, never giving traffic back to a version
+        the canary guard holds at weight 0."""
         async with self._change(name):
             st = self.state(name)
-            if expected_revision is not None and st.current.revision != expected_revision:
-                raise Conflict(
-                    f"{name} moved from revision {expected_revision} to "
-                    f"{st.current.revision}; not rolling back"
-                )
-            target = h.rollback_target(name, st.history)
-            needed = {v for v, _ in target.live}
+            target, variants = h.rollback_target(name, st.history)
+            needed = {v for v, w in variants if w > 0}
             if target.shadow_version is not None:
                 needed.add(target.shadow_version)
             for v in sorted(needed):
                 # e.g. the model was removed and came back with new inputs: refused
                 await self._join(st, v)
-            rev = h.rollback(st.current, target, st.models, actor, reason, h.now())
+            rev = h.rollback(st.current, target, variants, st.models, actor, reason, h.now())
+            return await self._commit(st, rev)
+
+    async def demote(
+        self, name: str, versions: Iterable[int], actor: str, reason: str, expected_revision: int
+    ) -> Revision:
+        """The canary guard's rollback: `versions` to weight 0, their share to the
+        control, only if the deployment is still at `expected_revision` (where the
+        breach was measured; a newer change makes it stale)."""
+        async with self._change(name):
+            st = self.state(name)
+            if st.current.revision != expected_revision:
+                raise Conflict(
+                    f"{name} moved from revision {expected_revision} to "
+                    f"{st.current.revision}; not rolling back"
+                )
+            rev = h.demote(name, st.current, set(versions), actor, reason, h.now())
             return await self._commit(st, rev)
 
     async def _persist(self, st: ModelState) -> None:
