@@ -140,26 +140,36 @@ def incompatibility(control: int, have: Signature, candidate: Signature) -> str 
 
 # -- changes -------------------------------------------------------------------------
 
+Shadow = tuple[int | None, float]
+_NO_SHADOW: Shadow = (None, 0.0)
+
 
 def _next(
     cur: Revision | None,
     action: str,
-    *,
-    variants: Variants,
-    salt: str,
-    shadow: tuple[int | None, float],
-    loaded: Collection[int],
     actor: str,
     reason: str,
     at: str,
+    *,
+    variants: Variants | None = None,
+    salt: str | None = None,
+    shadow: Shadow | None = None,
+    loaded: Collection[int] | None = None,
     undo_from: int | None = None,
     held: Collection[int] | None = None,
 ) -> Revision:
-    """The revision after `cur`; the canary guard's holds carry over unless `held`
-    is given."""
+    """The revision after `cur`: what is not given stays as in `cur` (without a
+    `cur`, everything but undo_from and held must be given); undo_from defaults
+    to the new revision itself."""
     no = cur.revision + 1 if cur is not None else 1
+    if cur is not None:
+        variants = cur.variants if variants is None else variants
+        salt = cur.salt if salt is None else salt
+        shadow = (cur.shadow_version, cur.shadow_percent) if shadow is None else shadow
+        loaded = cur.loaded if loaded is None else loaded
+        held = cur.held if held is None else held
+    assert variants is not None and salt is not None and shadow is not None and loaded is not None
     shadow_version, shadow_percent = shadow
-    kept = (cur.held if cur is not None else ()) if held is None else held
     return Revision(
         revision=no,
         action=action,
@@ -172,18 +182,14 @@ def _next(
         actor=actor,
         reason=reason,
         undo_from=no if undo_from is None else undo_from,
-        held=tuple(sorted(set(kept))),
+        held=tuple(sorted(set(held or ()))),
     )
 
 
-def _shadow(cur: Revision) -> tuple[int | None, float]:
-    return cur.shadow_version, cur.shadow_percent
-
-
-def _shadow_without(cur: Revision, version: int) -> tuple[int | None, float]:
-    """The current shadow, unless it is `version` (unloaded, or promoted to take
-    the traffic itself)."""
-    return (None, 0.0) if cur.shadow_version == version else _shadow(cur)
+def _shadow_without(cur: Revision, version: int) -> Shadow | None:
+    """The current shadow (None: unchanged), unless it is `version` (unloaded, or
+    promoted to take the traffic itself)."""
+    return _NO_SHADOW if cur.shadow_version == version else None
 
 
 def first_load(
@@ -193,29 +199,20 @@ def first_load(
     return _next(
         prev,
         "load",
+        actor,
+        reason or "first version of a new model",
+        at,
         variants=((version, 100),),
         salt=name,
-        shadow=(None, 0.0),
+        shadow=_NO_SHADOW,
         loaded=(version,),
-        actor=actor,
-        reason=reason or "first version of a new model",
-        at=at,
+        held=(),
     )
 
 
 def load(cur: Revision, loaded: Collection[int], actor: str, reason: str, at: str) -> Revision:
     """Another version joins at weight 0 (traffic unchanged)."""
-    return _next(
-        cur,
-        "load",
-        variants=cur.variants,
-        salt=cur.salt,
-        shadow=_shadow(cur),
-        loaded=loaded,
-        actor=actor,
-        reason=reason,
-        at=at,
-    )
+    return _next(cur, "load", actor, reason, at, loaded=loaded)
 
 
 def unload(
@@ -235,29 +232,19 @@ def unload(
     return _next(
         cur,
         "unload",
+        actor,
+        reason,
+        at,
         variants=tuple((v, w) for v, w in cur.variants if v != version),
-        salt=cur.salt,
         shadow=_shadow_without(cur, version),
         loaded=[v for v in loaded if v != version],
-        actor=actor,
-        reason=reason,
-        at=at,
     )
 
 
 def remove(cur: Revision, actor: str, reason: str, at: str) -> Revision:
     """The model leaves service (NOT_FOUND until a version is loaded again)."""
     return _next(
-        cur,
-        "remove",
-        variants=(),
-        salt=cur.salt,
-        shadow=(None, 0.0),
-        loaded=(),
-        actor=actor,
-        reason=reason,
-        at=at,
-        held=(),
+        cur, "remove", actor, reason, at, variants=(), shadow=_NO_SHADOW, loaded=(), held=()
     )
 
 
@@ -292,18 +279,19 @@ def set_traffic(
     reason: str,
     at: str,
 ) -> Revision:
+    """A new split (an empty salt keeps the current one). A version the canary
+    guard holds is released when it is given traffic here: an operator's choice."""
     checked = check_variants(name, variants, loaded)
     return _next(
         cur,
         "set_traffic",
+        actor,
+        reason,
+        at,
         variants=checked,
         salt=salt or cur.salt,
-        shadow=_shadow(cur),
         loaded=loaded,
-        actor=actor,
-        reason=reason,
-        at=at,
-        held=set(cur.held) - {v for v, w in checked if w > 0},  # an operator's explicit choice
+        held=set(cur.held) - {v for v, w in checked if w > 0},
     )
 
 
@@ -320,22 +308,12 @@ def set_shadow(
     """Version 0 or 0 % turns the shadow off."""
     if not 0.0 <= percent <= 100.0:
         raise InvalidInput(f"shadow sample percent must be in 0..100, got {percent}")
-    shadow: tuple[int | None, float] = (None, 0.0)
+    shadow = _NO_SHADOW
     if version != 0 and percent != 0:
         if version not in loaded:
             raise Conflict(f"{name} version {version} is not loaded; load it first")
         shadow = (version, percent)
-    return _next(
-        cur,
-        "set_shadow",
-        variants=cur.variants,
-        salt=cur.salt,
-        shadow=shadow,
-        loaded=loaded,
-        actor=actor,
-        reason=reason,
-        at=at,
-    )
+    return _next(cur, "set_shadow", actor, reason, at, shadow=shadow, loaded=loaded)
 
 
 def promote(
@@ -350,17 +328,15 @@ def promote(
     """`version` takes all traffic; the other variants stay at weight 0."""
     if version not in loaded:
         raise Conflict(f"{name} version {version} is not loaded; load it first")
-    variants = tuple(sorted(({v: 0 for v, _ in cur.variants} | {version: 100}).items()))
     return _next(
         cur,
         "promote",
-        variants=variants,
-        salt=cur.salt,
+        actor,
+        reason,
+        at,
+        variants=tuple(({v: 0 for v, _ in cur.variants} | {version: 100}).items()),
         shadow=_shadow_without(cur, version),
         loaded=loaded,
-        actor=actor,
-        reason=reason,
-        at=at,
         held=set(cur.held) - {version},
     )
 
@@ -414,13 +390,13 @@ def rollback(
     return _next(
         cur,
         "rollback",
+        actor,
+        reason or f"roll back to revision {target.revision}",
+        at,
         variants=tuple((v, w) for v, w in variants if w > 0 or v in loaded),
         salt=target.salt,
-        shadow=_shadow(target),
+        shadow=(target.shadow_version, target.shadow_percent),
         loaded=loaded,
-        actor=actor,
-        reason=reason or f"roll back to revision {target.revision}",
-        at=at,
         undo_from=target.revision,
     )
 
@@ -439,19 +415,15 @@ def demote(
     if missing:
         raise Conflict(f"{name}: versions {missing} take no traffic")
     moved = sum(w for v, w in cur.live if v in bad)
-    variants = tuple(
-        (v, 0 if v in bad else w + (moved if v == control else 0)) for v, w in cur.variants
-    )
     return _next(
         cur,
         "canary_rollback",
-        variants=variants,
-        salt=cur.salt,
-        shadow=_shadow(cur),
-        loaded=cur.loaded,
-        actor=actor,
-        reason=reason,
-        at=at,
+        actor,
+        reason,
+        at,
+        variants=tuple(
+            (v, 0 if v in bad else w + (moved if v == control else 0)) for v, w in cur.variants
+        ),
         held=set(cur.held) | bad,
     )
 
@@ -474,28 +446,26 @@ def reconcile(cur: Revision, loaded: Collection[int], at: str) -> Revision | Non
     return _next(
         cur,
         "restore",
+        SYSTEM_ACTOR,
+        "some versions failed to load at start",
+        at,
         variants=tuple((v, w) for v, w in cur.variants if v not in stale),
-        salt=cur.salt,
-        shadow=_shadow(cur) if shadow_ok else (None, 0.0),
+        shadow=None if shadow_ok else _NO_SHADOW,
         loaded=loaded,
-        actor=SYSTEM_ACTOR,
-        reason="some versions failed to load at start",
-        at=at,
     )
 
 
 def fresh_start(name: str, prev: Revision | None, loaded: Collection[int], at: str) -> Revision:
     """No usable state: the newest loaded version takes all traffic."""
-    live = max(loaded)
     return _next(
         prev,
         "start",
-        variants=((live, 100),),
+        SYSTEM_ACTOR,
+        "no deployment state: newest version live",
+        at,
+        variants=((max(loaded), 100),),
         salt=name,
-        shadow=(None, 0.0),
+        shadow=_NO_SHADOW,
         loaded=loaded,
-        actor=SYSTEM_ACTOR,
-        reason="no deployment state: newest version live",
-        at=at,
         held=(),
     )
