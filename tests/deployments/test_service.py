@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from service_rig import START, Rig, rig
@@ -162,3 +163,33 @@ def test_a_change_on_top_of_another_process_s_write_keeps_it(tmp_path: Path) -> 
 
     rev = asyncio.run(script())
     assert rev.revision == 3 and rev.variants == ((1, 80), (2, 20)) and rev.shadow_version == 2
+
+
+def test_a_start_that_cannot_write_its_state_serves_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """deployment.json cannot be written (here: a directory in its place). The start
+    serves the newest version from memory, and the log says exactly that; admin
+    changes fail with UNAVAILABLE until the file can be written."""
+    from service_rig import stand_in
+
+    from riskserve.deployments import DeploymentService
+    from riskserve.errors import Unavailable
+    from riskserve.registry import ModelRepository
+
+    for v in (1, 2):
+        (tmp_path / "fraud" / str(v)).mkdir(parents=True)
+    (tmp_path / "fraud" / "deployment.json").mkdir()
+    published: list[Any] = []
+    svc = DeploymentService(ModelRepository(tmp_path), stand_in, published.append)
+    with caplog.at_level("INFO"):
+        table = svc.restore()
+    assert table.deployment("fraud").live == 2
+    (msg,) = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
+    assert "serving revision 1 from memory" in msg and "deployment.json can be written" in msg
+    assert not any("not served" in r.getMessage() for r in caplog.records)
+    with pytest.raises(Unavailable, match="cannot write the deployment state"):
+        asyncio.run(svc.set_traffic("fraud", [(1, 100)], "", "t", ""))
+    assert svc.current("fraud").revision == 1
+    (tmp_path / "fraud" / "deployment.json").rmdir()
+    assert asyncio.run(svc.set_traffic("fraud", [(1, 100)], "", "t", "")).revision == 2

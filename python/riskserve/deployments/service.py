@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Verifies, loads and warms up one version (raises IntegrityError when it cannot).
 Loader = Callable[[VersionRef], LoadedModel]
+#: Why a version not loaded here is known to be bad (None: not known to be), cheaply.
+Refusal = Callable[[VersionRef], str | None]
 
 
 class VersionState(enum.Enum):
@@ -86,9 +88,11 @@ class DeploymentService:
         loader: Loader,
         publish: Callable[[RoutingTable], None],
         store: StateStore | None = None,
+        refusal: Refusal = lambda ref: None,
     ) -> None:
         self.repo = repo
         self._loader = loader
+        self._refusal = refusal
         self._publish = publish
         self.store = store or StateStore(repo.root)
         self._states: dict[str, ModelState] = {}
@@ -146,12 +150,16 @@ class DeploymentService:
                         VersionStatus(ref.version, VersionState.REFUSED, reason=e.message)
                     )
                     continue
+                # A version a check process refused (its verdict is kept) shows as
+                # REFUSED, found without loading it.
+                why = self._refusal(ref)
                 versions.append(
                     VersionStatus(
                         ref.version,
-                        VersionState.AVAILABLE,
+                        VersionState.AVAILABLE if why is None else VersionState.REFUSED,
                         manifest.model_sha256,
                         manifest.model_format,
+                        reason=why or "",
                     )
                 )
             out.append(ModelStatus(name, tuple(versions)))
@@ -218,7 +226,6 @@ class DeploymentService:
         self._states[name] = st
         try:
             self._table()  # this model's deployment must be valid on its own
-            self.store.write(name, st.history)
         except Exception as e:
             del self._states[name]
             log.error(
@@ -226,6 +233,16 @@ class DeploymentService:
                 extra={"model": name, "reason": repr(e)},
             )
             return
+        if nxt is not None:  # a new revision: durable before it is served, if the disk allows
+            try:
+                self.store.write(name, st.history)
+            except OSError as e:
+                log.error(
+                    f"deployment state not written; serving revision {nxt.revision} from "
+                    "memory, and admin changes to this model fail until "
+                    f"{self.store.path(name)} can be written",
+                    extra={"model": name, "reason": str(e)},
+                )
         if restored:
             log.info("deployment restored", extra={"model": name, "revision": st.current.revision})
 

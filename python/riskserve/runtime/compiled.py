@@ -25,12 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import logging
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import weakref
@@ -41,12 +39,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from riskserve.runtime.runtimes import FloatMatrix, LightGBMRuntime, Scores
+from riskserve.runtime.child import run_module
+from riskserve.runtime.runtimes import (
+    PARITY_TOLERANCE,
+    FloatMatrix,
+    LightGBMRuntime,
+    Scores,
+    parity_rows,
+)
 
 log = logging.getLogger(__name__)
-
-#: Largest |compiled - C API| accepted on the parity rows.
-PARITY_TOLERANCE = 1e-6
 
 
 def _sanitised(model_txt: bytes) -> str:
@@ -123,15 +125,6 @@ def compile_to(model_txt: Path, obj: Path) -> None:
             os.replace(tmp, obj)
 
 
-def parity_rows(n_features: int, n: int = 512) -> FloatMatrix:
-    """Rows for the parity check: zeros, then wide random values (they take
-    every kind of branch: both sides of thresholds, default directions)."""
-    rng = np.random.default_rng(0)
-    x = (rng.standard_normal((n, n_features)) * 3).astype(np.float32)
-    x[0] = 0.0
-    return x
-
-
 class Compiler:
     """Compiles the LightGBM versions of a routing table in the background."""
 
@@ -177,17 +170,8 @@ class Compiler:
         with tempfile.TemporaryDirectory(prefix="riskserve-compile-") as d:
             src = Path(d) / "model.txt"
             src.write_bytes(text)
-            # subprocess (vfork + exec on Linux), waited for in a thread: no
-            # fork() of the serving process, which gRPC warns about.
-            cmd = [sys.executable, "-m", "riskserve.runtime.compiled"]
-            cmd += [str(src), str(obj), str(self._nice)]
-            proc = await loop.run_in_executor(
-                None,
-                functools.partial(
-                    subprocess.run, cmd, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
-                ),
-            )  # fmt: skip
+            args = [str(src), str(obj), str(self._nice)]
+            proc = await loop.run_in_executor(None, run_module, "riskserve.runtime.compiled", args)
         if proc.returncode == 3:
             log.error(
                 "compiled model refused: its scores differ from LightGBM's",
@@ -195,7 +179,8 @@ class Compiler:
             )
             return False
         if proc.returncode != 0:
-            raise RuntimeError(f"compiler exited {proc.returncode}: {proc.stderr[-800:]}")
+            why = f"{proc.how()}: {proc.stderr[-800:]}"
+            raise RuntimeError(f"compiler exited {proc.returncode} ({why})")
         return await loop.run_in_executor(None, self._swap, m, runtime, text, obj)
 
     @staticmethod

@@ -1,12 +1,18 @@
 """A model version loaded from the registry: its compiled feature pipeline, its
-runtime, its manifest and the V2 metadata derived from its spec."""
+runtime, its manifest and the V2 metadata derived from its spec.
+
+Opening a version has two steps: `read_version` (verified contents, the compiled
+feature spec: nothing there can crash the process) and `open_model` (the model
+file parsed by LightGBM or ONNX Runtime: a malformed file can abort the process).
+`riskserve.runtime.load_version` runs the second step in a check process first
+(riskserve.runtime.probe); the check process runs these same two functions."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,6 +29,22 @@ class InputInfo:
     name: str
     dtype: str  # spec dtype
     datatype: str  # V2 datatype
+
+
+def missing_row(inputs: tuple[InputInfo, ...]) -> dict[str, Any]:
+    """One row with every input missing (strings None, numbers NaN; bools and
+    ints, which have no missing value, zero)."""
+    row: dict[str, Any] = {}
+    for i in inputs:
+        if i.dtype == "string":
+            row[i.name] = [None]
+        elif i.dtype == "bool":
+            row[i.name] = np.zeros(1, dtype=bool)
+        elif i.dtype == "int":
+            row[i.name] = np.zeros(1, dtype=np.int64)
+        else:
+            row[i.name] = np.full(1, np.nan)
+    return row
 
 
 @dataclasses.dataclass(eq=False)
@@ -56,31 +78,32 @@ class LoadedModel:
 
     def warm_up(self) -> None:
         """Scores one all-missing row so the first real request pays no lazy setup."""
-        row: dict[str, Any] = {}
-        for i in self.inputs:
-            if i.dtype == "string":
-                row[i.name] = [None]
-            elif i.dtype == "bool":
-                row[i.name] = np.zeros(1, dtype=bool)
-            elif i.dtype == "int":
-                row[i.name] = np.zeros(1, dtype=np.int64)
-            else:
-                row[i.name] = np.full(1, np.nan)
-        features = self.pipeline.transform(row)  # not counted as traffic
+        features = self.pipeline.transform(missing_row(self.inputs))  # not counted as traffic
         out = self.runtime.predict(features)
         if out.shape != (1,) or not np.isfinite(out).all():
             raise IntegrityError(f"{self.name}/{self.version}: warm-up produced {out!r}")
 
 
-def load_version(
-    repo: ModelRepository,
-    ref: VersionRef,
-    onnx_threads: int = 1,
-    drift_slots: int = 60,
-    drift_slot_seconds: int = 60,
-) -> LoadedModel:
-    """Verifies, compiles, loads and warms up one version; raises IntegrityError
-    naming the file on any failure. drift_slots=0 turns drift counting off."""
+@dataclasses.dataclass(frozen=True)
+class VersionFiles:
+    """A version's verified contents and its compiled feature spec: everything
+    about it that can be read without parsing the model file."""
+
+    ref: VersionRef
+    manifest: Manifest
+    contents: Mapping[str, bytes]
+    spec_json: str
+    pipeline: FeaturePipeline
+    inputs: tuple[InputInfo, ...]
+
+    @property
+    def model_file(self) -> str:
+        return "model.onnx" if self.manifest.model_format == "onnx" else "model.txt"
+
+
+def read_version(repo: ModelRepository, ref: VersionRef) -> VersionFiles:
+    """Reads and verifies every file of `ref` and compiles its feature spec; raises
+    IntegrityError naming the file on any failure."""
     manifest, contents = repo.read_verified(ref)
     spec_path = ref.path / "features.json"
     try:
@@ -89,15 +112,36 @@ def load_version(
         raise IntegrityError(f"{spec_path}: not UTF-8") from None
     try:
         pipeline = FeaturePipeline(spec_json)
-        has_reference = json.loads(spec_json).get("reference") is not None
+    except SpecError as e:
+        raise IntegrityError(f"{spec_path}: {e}") from None
+    inputs = tuple(InputInfo(name, dtype, V2_DATATYPE[dtype]) for name, dtype in pipeline.inputs)
+    return VersionFiles(ref, manifest, contents, spec_json, pipeline, inputs)
+
+
+def open_model(
+    files: VersionFiles,
+    onnx_threads: int = 1,
+    drift_slots: int = 60,
+    drift_slot_seconds: int = 60,
+    stage: Callable[[str], None] | None = None,
+) -> LoadedModel:
+    """Parses the model file of `files` with its runtime and warms it up; raises
+    IntegrityError naming the file when the library refuses it. A malformed file
+    can abort the process instead: load_version checks it in another one first.
+    `stage` is told "parse", then "warm_up" (the check process reports them)."""
+    tell = stage or (lambda _: None)
+    ref, manifest, contents = files.ref, files.manifest, files.contents
+    try:
+        has_reference = json.loads(files.spec_json).get("reference") is not None
         drift = (
-            DriftMonitor(spec_json, drift_slots, drift_slot_seconds)
+            DriftMonitor(files.spec_json, drift_slots, drift_slot_seconds)
             if has_reference and drift_slots > 0
             else None
         )
     except SpecError as e:
-        raise IntegrityError(f"{spec_path}: {e}") from None
-    n = pipeline.n_features
+        raise IntegrityError(f"{ref.path / 'features.json'}: {e}") from None
+    n = files.pipeline.n_features
+    tell("parse")
     try:
         runtime: ModelRuntime
         if manifest.model_format == "onnx":
@@ -106,8 +150,10 @@ def load_version(
             runtime = LightGBMRuntime(contents["model.txt"], n)
     except Exception as e:  # the libraries raise their own types
         raise IntegrityError(f"{ref.path}: model does not load: {e}") from None
-    inputs = tuple(InputInfo(name, dtype, V2_DATATYPE[dtype]) for name, dtype in pipeline.inputs)
-    model = LoadedModel(ref.name, ref.version, manifest, pipeline, runtime, inputs, drift)
+    model = LoadedModel(
+        ref.name, ref.version, manifest, files.pipeline, runtime, files.inputs, drift
+    )
+    tell("warm_up")
     model.warm_up()
     return model
 

@@ -17,6 +17,19 @@ _C_API_ROW_MAJOR = 1
 _C_API_PREDICT_NORMAL = 0
 Scores = npt.NDArray[np.float32]
 
+#: Largest |score difference| accepted between two runtimes (or processes) scoring
+#: the same model on the parity rows.
+PARITY_TOLERANCE = 1e-6
+
+
+def parity_rows(n_features: int, n: int = 512) -> FloatMatrix:
+    """Rows for the parity check: zeros, then wide random values (they take
+    every kind of branch: both sides of thresholds, default directions)."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((n, n_features)) * 3).astype(np.float32)
+    x[0] = 0.0
+    return x
+
 
 class ModelRuntime(Protocol):
     platform: str
