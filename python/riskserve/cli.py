@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -53,18 +54,55 @@ def cmd_train(a: argparse.Namespace) -> int:
         rounds=a.rounds,
         threshold=a.threshold,
     )
+    key = None
+    if a.signing_key:
+        from riskserve.registry.signing import load_private_key
+
+        key = load_private_key(Path(a.signing_key))  # before training: fail fast
     res = train(cfg, progress=_progress("train"))
-    print(
-        json.dumps(
-            {
-                "model": a.model,
-                "version": res.ref.version,
-                "path": str(res.ref.path),
-                "model_sha256": res.model_sha256,
-                "metrics": res.metrics,
-            }
-        )
-    )
+    out: dict[str, Any] = {
+        "model": a.model,
+        "version": res.ref.version,
+        "path": str(res.ref.path),
+        "model_sha256": res.model_sha256,
+        "metrics": res.metrics,
+    }
+    if key is not None:
+        from riskserve.registry.signing import key_id, sign_version
+
+        sign_version(res.ref.path, key)
+        out["signed_by"] = key_id(key.public_key())
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_keygen(a: argparse.Namespace) -> int:
+    from riskserve.registry.signing import generate, key_id, load_private_key
+
+    private, public = generate()
+    key, pub = Path(f"{a.out}.key"), Path(f"{a.out}.pub")
+    for p in (key, pub):
+        if p.exists():
+            raise ValueError(f"{p} exists; not overwriting a key")
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+    pub.write_bytes(public)
+    kid = key_id(load_private_key(key).public_key())
+    print(json.dumps({"private_key": str(key), "public_key": str(pub), "key_id": kid}))
+    return 0
+
+
+def cmd_sign(a: argparse.Namespace) -> int:
+    from riskserve.registry import ModelRepository
+    from riskserve.registry.signing import key_id, load_private_key, sign_version
+
+    private = load_private_key(Path(a.key))
+    repo = ModelRepository(Path(a.models))
+    ref = repo.version(a.model, a.version) if a.version else repo.versions(a.model)[-1]
+    repo.verify(ref)  # sign only what verifies against its own manifest
+    path = sign_version(ref.path, private)
+    print(json.dumps({"signature": str(path), "key_id": key_id(private.public_key())}))
     return 0
 
 
@@ -289,7 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", choices=("lightgbm", "onnx"), default="lightgbm")
     t.add_argument("--rounds", type=int, default=300)
     t.add_argument("--threshold", type=float, default=0.5, help="operating threshold")
+    t.add_argument("--signing-key", help="ed25519 private key (PEM): sign the new version")
     t.set_defaults(fn=cmd_train)
+
+    k = sub.add_parser("keygen", help="make an ed25519 key pair for signing model versions")
+    k.add_argument("--out", required=True, help="writes OUT.key (mode 0600) and OUT.pub")
+    k.set_defaults(fn=cmd_keygen)
+
+    g = sub.add_parser("sign", help="sign a model version's manifest (manifest.sig)")
+    g.add_argument("--models", required=True, help="models folder (the registry)")
+    g.add_argument("--model", required=True)
+    g.add_argument("--version", type=int, default=0, help="default: the newest")
+    g.add_argument("--key", required=True, help="ed25519 private key (PEM)")
+    g.set_defaults(fn=cmd_sign)
 
     s = sub.add_parser(
         "serve",

@@ -16,6 +16,7 @@ from typing import Any
 
 from riskserve.errors import IntegrityError, InvalidInput, NotFound
 from riskserve.files import fsync_dir, write_synced
+from riskserve.registry.signing import TrustedKeys
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "riskserve.manifest/v1"
@@ -90,8 +91,10 @@ class VersionRef:
 class ModelRepository:
     """A folder of models: `root/<name>/<version>/`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, trusted: TrustedKeys | None = None) -> None:
         self.root = root
+        #: When set, only versions whose manifest.sig a trusted key made are accepted.
+        self.trusted = trusted
 
     def models(self) -> list[str]:
         if not self.root.is_dir():
@@ -119,11 +122,14 @@ class ModelRepository:
     def _manifest(self, ref: VersionRef) -> Manifest:
         mpath = ref.path / MANIFEST
         try:
-            data = json.loads(mpath.read_text())
+            raw = mpath.read_bytes()
+            data = json.loads(raw)
         except FileNotFoundError:
             raise IntegrityError(f"{mpath}: missing") from None
         except (OSError, ValueError) as e:
             raise IntegrityError(f"{mpath}: unreadable: {e}") from None
+        if self.trusted is not None:
+            self.trusted.check(ref.path, raw)  # before anything in the manifest is believed
         manifest = Manifest.parse(data, mpath)
         if manifest.name != ref.name or manifest.version != ref.version:
             raise IntegrityError(
