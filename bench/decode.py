@@ -1,6 +1,7 @@
 """Request decoding: the generated protobuf path vs reading ModelInferRequest
 bytes in Rust (riskserve._native.parse_infer_request), both from the bytes a
-server receives to the data plane's InferRequest with numpy views.
+server receives to the data plane's InferRequest with numpy views, through the
+server's codec (riskserve.transport.codec.Codec: the same checks and limits).
 
     .venv/bin/python bench/decode.py [--rounds N] [--out bench/results/decode.json]
 
@@ -16,38 +17,30 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from riskserve._native import parse_infer_request
 from riskserve.client import build_request
-from riskserve.dataplane import InferInput, InferRequest
-from riskserve.pb.inference import grpc_service_pb2 as pb
-from riskserve.protocol import NUMPY_DTYPE
+from riskserve.config import LimitsSettings
+from riskserve.dataplane import InferRequest
 from riskserve.training.datagen import generate
 from riskserve.training.train import columns_of
-from riskserve.transport.codec import decode_request
+from riskserve.transport.codec import Bounds, Codec
 
 SPEC = Path(__file__).resolve().parents[1] / "python/riskserve/training/specs/fraud.json"
 V2 = {"float": "FP64", "int": "INT64", "bool": "BOOL", "string": "BYTES"}
 
 
+PROTOBUF = Codec(Bounds(LimitsSettings()), rust_parser=False)
+RUST = Codec(Bounds(LimitsSettings()), rust_parser=True)
+
+
 def via_protobuf(data: bytes) -> InferRequest:
-    return decode_request(pb.ModelInferRequest.FromString(data))
+    return PROTOBUF.decode(data)
 
 
 def via_rust(data: bytes) -> InferRequest:
-    name, version, rid, params, inputs, outputs, raw = parse_infer_request(data)
-    decoded = []
-    for (iname, dt, shape, _typed), (start, end) in zip(inputs, raw, strict=True):
-        if dt == "BYTES":
-            col: Any = data[start:end]
-        else:
-            dtype = NUMPY_DTYPE[dt]
-            col = np.frombuffer(data, dtype, (end - start) // dtype.itemsize, start)
-        decoded.append(InferInput(iname, dt, tuple(shape), col))
-    return InferRequest(name, version, rid, decoded, outputs, dict(params))
+    return RUST.decode(data)
 
 
 def same(a: InferRequest, b: InferRequest) -> bool:

@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension riskserve._native (checked by mypy.stubtest)."""
 
-from typing import Any, final
+from typing import Any, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,33 @@ __all__ = [
 ]
 
 __version__: str
+
+class _WireRequest(TypedDict):
+    """What parse_infer_request returns (a dict). Lists hold at most their cap;
+    the n_* entries count what the request carried."""
+
+    model_name: str
+    model_version: str
+    id: str
+    parameters: list[tuple[str, bool | int | float | str | None]]
+    #: (name, datatype, shape, has typed contents)
+    inputs: list[tuple[str, str, list[int], bool]]
+    outputs: list[str]
+    #: (start, end) of each raw_input_contents entry in the request bytes
+    raw: list[tuple[int, int]]
+    n_parameters: int
+    n_inputs: int
+    n_outputs: int
+    n_raw: int
+    #: the most parameters one input or requested output carries
+    tensor_parameters: int
+    #: the most dimensions one input's shape has
+    max_dims: int
+    #: the UTF-8 size of the longest name: model name and version, parameter
+    #: keys, input names and datatypes, output names
+    longest_name: int
+    #: the first input whose raw FP16/FP32/FP64 content holds +inf or -inf
+    infinite: int | None
 
 class FeatureError(ValueError): ...
 class SpecError(FeatureError): ...
@@ -79,12 +106,7 @@ def murmur3_32(data: str | bytes, seed: int = 0) -> int: ...
 def packed_count(data: bytes) -> int: ...
 def parse_infer_request(
     data: bytes,
-) -> tuple[
-    str,
-    str,
-    str,
-    list[tuple[str, bool | int | float | str]],
-    list[tuple[str, str, list[int], bool]],
-    list[str],
-    list[tuple[int, int]],
-]: ...
+    max_parameters: int = ...,
+    max_tensors: int = ...,
+    max_dims: int = ...,
+) -> _WireRequest: ...

@@ -88,6 +88,18 @@ class ServerSettings(_Group):
         "so 0 keeps gRPC's own limits.",
         at_least=0,
     )
+    #: 0 by default: a bare process has no load balancer to wait for (calls in flight
+    #: are finished whatever this is), and tests and `make serve` stop at once.
+    drain_seconds: float = _setting(
+        0.0,
+        "DRAIN_SECONDS",
+        "On SIGTERM or SIGINT, seconds to keep serving normally with health NOT_SERVING "
+        "(and ServerReady false) so load balancers stop sending, before new calls are "
+        "refused and in-flight ones get RISKSERVE_GRACE_SECONDS to finish. Set it to how "
+        "long your balancer takes to notice; a second signal cuts it short, a rolling "
+        "restart (SIGHUP with --workers) does not wait for it.",
+        at_least=0,
+    )
     grace_seconds: float = _setting(
         10.0, "GRACE_SECONDS", "Seconds to let in-flight requests finish on SIGTERM.", at_least=0
     )
@@ -136,6 +148,51 @@ class ScoringSettings(_Group):
         64,
         "SHADOW_MAX_PENDING",
         "Shadow scorings allowed to queue before new ones are dropped (and counted).",
+        at_least=0,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitsSettings(_Group):
+    """Bounds on what one request may carry; beyond one, INVALID_ARGUMENT names it."""
+
+    max_name_bytes: int = _setting(
+        256,
+        "MAX_NAME_BYTES",
+        "Longest name, UTF-8 bytes: model names and versions, input, output and parameter "
+        "names, datatypes; in admin calls model names, the salt and the x-actor metadata.",
+        at_least=1,
+    )
+    max_routing_key_bytes: int = _setting(
+        256,
+        "MAX_ROUTING_KEY_BYTES",
+        "Longest request parameter `routing_key` and request `id` (the routing key when no "
+        "routing_key is sent), UTF-8 bytes.",
+        at_least=1,
+    )
+    max_parameters: int = _setting(
+        64,
+        "MAX_PARAMETERS",
+        "Most parameters one request may carry, and each of its inputs and outputs.",
+        at_least=0,
+    )
+    max_parameter_bytes: int = _setting(
+        1024,
+        "MAX_PARAMETER_BYTES",
+        "Longest string parameter value other than routing_key, UTF-8 bytes.",
+        at_least=0,
+    )
+    max_inputs: int = _setting(
+        1024,
+        "MAX_INPUTS",
+        "Most inputs one request may carry (and requested outputs, and raw_input_contents "
+        "entries).",
+        at_least=1,
+    )
+    max_reason_bytes: int = _setting(
+        1024,
+        "MAX_REASON_BYTES",
+        "Longest admin `reason` (written into deployment.json and the log), UTF-8 bytes.",
         at_least=0,
     )
 
@@ -300,6 +357,7 @@ class CompileSettings(_Group):
 GROUPS: dict[str, type[_Group]] = {
     "server": ServerSettings,
     "scoring": ScoringSettings,
+    "limits": LimitsSettings,
     "batching": BatchingSettings,
     "drift": DriftSettings,
     "canary": CanarySettings,
@@ -411,6 +469,7 @@ class Settings:
 
     server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
     scoring: ScoringSettings = dataclasses.field(default_factory=ScoringSettings)
+    limits: LimitsSettings = dataclasses.field(default_factory=LimitsSettings)
     batching: BatchingSettings = dataclasses.field(default_factory=BatchingSettings)
     drift: DriftSettings = dataclasses.field(default_factory=DriftSettings)
     canary: CanarySettings = dataclasses.field(default_factory=CanarySettings)
@@ -528,6 +587,7 @@ __all__ = [
     "CanarySettings",
     "CompileSettings",
     "DriftSettings",
+    "LimitsSettings",
     "ScoringSettings",
     "ServerSettings",
     "SettingInfo",

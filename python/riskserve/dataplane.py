@@ -26,6 +26,14 @@ from riskserve.runtime.batcher import Batcher
 from riskserve.runtime.loaded import LoadedModel
 
 SERVER_NAME = "riskserve"
+#: The model label of requests naming no served model (never the client's string:
+#: labels must stay bounded).
+UNKNOWN_MODEL = "__unknown__"
+#: The model label of requests refused before they could be read: bytes that do not
+#: decode, or a request beyond one of RISKSERVE_MAX_* (riskserve.config.LimitsSettings).
+UNDECODED = "__undecoded__"
+#: Characters of a client's string an error message quotes (`shown`).
+SHOWN_CHARS = 64
 #: Status codes that are the server's (or model's) fault, not the client's.
 SERVER_FAULTS = frozenset({"INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED"})
 
@@ -71,6 +79,10 @@ class InferRequest:
     parameters: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: Seconds left before the client's deadline, None if it set none.
     time_remaining: float | None = None
+    #: The first input whose values include +inf or -inf, as the reader found it
+    #: (the Rust one while parsing). riskserve refuses ±inf: a payment amount of
+    #: +inf is a client's bug, and treating it as missing would score it silently.
+    infinite_input: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -184,6 +196,18 @@ class DataPlane:
             self._start_shadow(routed.shadow, columns, result)
         return result
 
+    def model_label(self, name: str | None) -> str:
+        """The metrics' model label for a request naming `name` (None: it named
+        nothing readable): a served model's name, else a fixed placeholder."""
+        if name is None:
+            return UNDECODED
+        return name if name in self._table.deployments else UNKNOWN_MODEL
+
+    def observe_refused(self, model_name: str | None, code: str) -> None:
+        """Counts a request refused before `infer` could run (its bytes did not
+        decode, or it broke a limit), under `model_label(model_name)`."""
+        self._metrics.observe_error(self.model_label(model_name), "", "", code)
+
     def _batcher(self, model: LoadedModel) -> Batcher:
         b = self._batchers.get(model)
         if b is None:
@@ -195,8 +219,7 @@ class DataPlane:
     def _record_error(self, req: InferRequest, routed: Routed | None, code: str) -> None:
         if routed is None:
             # Unknown model names are not echoed into labels (unbounded cardinality).
-            known = req.model_name in self._table.deployments
-            self._metrics.observe_error(req.model_name if known else "__unknown__", "", "", code)
+            self._metrics.observe_error(self.model_label(req.model_name), "", "", code)
             return
         m = routed.model
         self._metrics.observe_error(m.name, str(m.version), routed.variant, code)
@@ -267,7 +290,9 @@ class DataPlane:
         """Validates inputs against the model's spec; returns columns and the batch size."""
         for out in req.requested_outputs:
             if out != OUTPUT_NAME:
-                raise InvalidInput(f"unknown output {out!r}; this model outputs {OUTPUT_NAME!r}")
+                raise InvalidInput(
+                    f"unknown output {shown(out)}; this model outputs {OUTPUT_NAME!r}"
+                )
         index = model.input_index
         columns: dict[str, Any] = {}
         batch: int | None = None
@@ -275,13 +300,14 @@ class DataPlane:
             info = index.get(inp.name)
             if info is None:
                 raise InvalidInput(
-                    f"unexpected input {inp.name!r}: model {model.name!r} has no such input"
+                    f"unexpected input {shown(inp.name)}: model {model.name!r} has no such input"
                 )
             if inp.name in columns:
-                raise InvalidInput(f"input {inp.name!r} appears more than once")
+                raise InvalidInput(f"input {shown(inp.name)} appears more than once")
             if inp.datatype != info.datatype:
                 raise InvalidInput(
-                    f"input {inp.name!r} must have datatype {info.datatype}, got {inp.datatype}"
+                    f"input {inp.name!r} must have datatype {info.datatype}, "
+                    f"got {shown(inp.datatype, quote=False)}"
                 )
             shape = inp.shape
             if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
@@ -313,6 +339,11 @@ class DataPlane:
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise InvalidInput(f"missing input {missing[0]!r}{more}")
+        if req.infinite_input is not None:
+            raise InvalidInput(
+                f"input {shown(req.infinite_input)} holds +inf or -inf; riskserve takes "
+                "finite numbers, and NaN for a missing value"
+            )
         assert batch is not None  # the model has ≥ 1 input and all are present
         return columns, batch
 
@@ -340,6 +371,17 @@ def _routing_key(req: InferRequest) -> str | None:
     if not isinstance(key, str) or not key:
         raise InvalidInput("parameter 'routing_key' must be a non-empty string")
     return key
+
+
+def shown(text: str, quote: bool = True) -> str:
+    """A client's string as an error message quotes it: its repr (or the text
+    itself without `quote`), cut to SHOWN_CHARS characters, with its full size
+    when it was cut (a 10 KB name must not come back whole in the status details)."""
+    cut = text[:SHOWN_CHARS]
+    out = repr(cut) if quote else cut
+    if len(text) <= SHOWN_CHARS:
+        return out
+    return f"{out}... ({len(text.encode('utf-8', 'surrogatepass'))} bytes)"
 
 
 def _element_count(inp: InferInput) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -27,17 +28,14 @@ from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc
 from riskserve.registry import ModelRepository, VersionRef
 from riskserve.routing import RoutingTable
-from riskserve.runtime import LoadedModel, load_version
+from riskserve.runtime import LoadedModel, load_version, refusal
 from riskserve.runtime.compiled import Compiler
+from riskserve.runtime.runtimes import skip_lightgbm_extras
 from riskserve.transport.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from riskserve.transport.admin import AdminServicer
 from riskserve.transport.auth import AdminAuth, load_token
 from riskserve.transport.errors import Registrar
-from riskserve.transport.inference import (
-    SERVICE_NAME,
-    InferenceServicer,
-    register_bytes_model_infer,
-)
+from riskserve.transport.inference import SERVICE_NAME, InferenceServicer
 from riskserve.worker import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -66,7 +64,9 @@ class Server:
                 repo, ref, scoring.onnx_threads, drift.slots_or_off, drift.slot_seconds
             )
 
-        self.deployments = DeploymentService(repo, loader, self.dataplane.swap_table)
+        self.deployments = DeploymentService(
+            repo, loader, self.dataplane.swap_table, refusal=lambda ref: refusal(repo, ref)
+        )
         table = self.deployments.restore()
         self.guard = CanaryGuard(
             settings.canary,
@@ -107,16 +107,21 @@ class Server:
                 ("grpc.server.max_pending_requests_hard_limit", server.max_pending_calls),
             ]
         token = load_token(settings.admin.token, settings.admin.token_file)
-        self.grpc = grpc.aio.server(options=opts)
+        self.quiesce = _Quiesce()  # lets stop() pick up every call sent (Server.stop)
+        self.grpc = grpc.aio.server(options=opts, interceptors=(self.quiesce,))
         ours = Registrar(self.grpc, AdminAuth(token))  # status mapping + admin token
-        inference = InferenceServicer(self.dataplane, riskserve.__version__, self.deployments)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, ours)
-        if server.rust_request_parser:
-            register_bytes_model_infer(ours, inference)
-        admin_pb2_grpc.add_ModelAdminServicer_to_server(
-            AdminServicer(self.deployments, self.metrics), ours
+        inference = InferenceServicer(
+            self.dataplane,
+            riskserve.__version__,
+            self.deployments,
+            settings.limits,
+            rust_parser=server.rust_request_parser,
         )
-        self.health = health.aio.HealthServicer()
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, ours)
+        admin_pb2_grpc.add_ModelAdminServicer_to_server(
+            AdminServicer(self.deployments, self.metrics, settings.limits), ours
+        )
+        self.health = _Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = (
             SERVICE_NAME,
@@ -188,36 +193,182 @@ class Server:
             except Exception:
                 log.exception("drift check failed")
 
-    async def stop(self) -> None:
-        """Drain: report NOT_SERVING, refuse new work, let in-flight requests finish."""
-        grace = self.settings.server.grace_seconds
-        log.info("draining", extra={"grace_seconds": grace})
+    async def stop(
+        self, drain_seconds: float | None = None, hurry: asyncio.Event | None = None
+    ) -> None:
+        """Stops without failing a call that was sent before the stop, in order:
+
+        1. health NOT_SERVING (grpc.health.v1, "" and every service) and ServerReady
+           false, at once;
+        2. keep serving normally for `drain_seconds` (default the setting; `hurry`
+           cuts it short) while load balancers stop sending here;
+        3. refuse new calls. gRPC core cancels (CANCELLED) every call it has
+           received that no handler has picked up yet when the server shuts down
+           (grpc/grpc#41785), and under load there are always some: grpc.aio picks
+           calls up one at a time. So first hold the replies of unary calls until
+           no new call has come in for a moment (_Quiesce.hold): a client waiting
+           for its reply sends nothing more, and the calls already sent are all
+           picked up. Then shut the gRPC server down: the listener closes and
+           every connection gets GOAWAY, so a client sends its next call on a new
+           connection (to another worker or replica; else it is refused, and
+           knows the call was not sent). Then release the replies;
+        4. let in-flight calls finish, up to grace_seconds, then stop the
+           background tasks and the compute pools and write the last worker
+           snapshot."""
+        s = self.settings.server
+        drain = s.drain_seconds if drain_seconds is None else drain_seconds
+        pid = os.getpid()
+        log.info(
+            "draining", extra={"drain_seconds": drain, "grace_seconds": s.grace_seconds, "pid": pid}
+        )
         self.dataplane.ready = False
-        await self.health.enter_graceful_shutdown()
-        await self.grpc.stop(grace)
+        await self.health.enter_graceful_shutdown()  # every service NOT_SERVING, for good
+        if drain > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for((hurry or asyncio.Event()).wait(), drain)
+        started = time.perf_counter()
+        held = await self.quiesce.hold()
+        stopping = asyncio.create_task(self.grpc.stop(s.grace_seconds))
+        # The task shuts core down in its first step; a tick more puts each GOAWAY
+        # ahead of the held replies, so no client sends again on a closing connection.
+        await asyncio.sleep(QUIET_TICK)
+        self.quiesce.release()
+        self.health.close_watches()
+        log.info("refusing new calls", extra={"held": held, "grace_seconds": s.grace_seconds})
+        await stopping
+        took = time.perf_counter() - started
+        if took >= s.grace_seconds:
+            log.warning(
+                "grace period over: calls still running were cancelled",
+                extra={"grace_seconds": s.grace_seconds},
+            )
         for t in self._tasks:
             t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.dataplane.close()
         if self.snapshots is not None:
             self.snapshots.write()  # the last counts, after the drain
         if self._http is not None:
             self._http.shutdown()
-        log.info("stopped")
+        log.info("stopped", extra={"seconds": round(took, 3), "pid": pid})
+
+
+#: Server.stop shuts gRPC down once no new call has come in over this many checks
+#: QUIET_TICK seconds apart while replies are held (with the loop free, a call queued
+#: in gRPC core is picked up within microseconds; counting checks rather than
+#: seconds keeps a process that was not scheduled for a while from stopping early) ...
+QUIET_TICKS = 4
+QUIET_TICK = 0.005
+#: ... or after this long in any case (clients that send without waiting for replies).
+HOLD_SECONDS = 0.5
+
+
+class _Quiesce(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts the unary calls handlers pick up and, while Server.stop holds, keeps
+    their replies back (the call runs; only its return waits)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._held: asyncio.Event | None = None
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        method = details.method
+        wrapped = self._handlers.get(method)
+        if wrapped is None:
+            wrapped = self._handlers[method] = self._wrap(await continuation(details))
+        return wrapped
+
+    def _wrap(self, handler: Any) -> Any:
+        inner = None if handler is None else handler.unary_unary
+        if inner is None or not asyncio.iscoroutinefunction(inner):
+            return handler
+
+        async def unary(request: Any, context: Any) -> Any:
+            self.calls += 1
+            try:
+                return await inner(request, context)
+            finally:
+                if self._held is not None:
+                    await self._held.wait()
+
+        return handler._replace(unary_unary=unary)
+
+    async def hold(self) -> int:
+        """Holds replies until no new call has come in for QUIET_TICKS checks (at
+        most HOLD_SECONDS); returns how many calls came in meanwhile."""
+        self._held = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HOLD_SECONDS
+        first = seen = self.calls
+        quiet = 0
+        while quiet < QUIET_TICKS:
+            await asyncio.sleep(QUIET_TICK)
+            quiet = quiet + 1 if self.calls == seen else 0
+            seen = self.calls
+            if loop.time() >= deadline:
+                log.warning("calls still coming in; stopping anyway", extra={"held": seen - first})
+                break
+        return seen - first
+
+    def release(self) -> None:
+        if self._held is not None:
+            self._held.set()
+
+
+class _Health(health.aio.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1 whose Watch streams end when the server stops: a watcher (a
+    client doing client-side health checking) would otherwise hold the stop for the
+    whole grace period and then be cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closing = asyncio.Event()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        watch = asyncio.ensure_future(super().Watch(request, context))
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait((watch, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (watch, closing):
+                t.cancel()
+            await asyncio.gather(watch, closing, return_exceptions=True)
+
+    def close_watches(self) -> None:
+        self._closing.set()
 
 
 async def serve(settings: Settings, worker: WorkerContext | None = None) -> None:
-    stop = asyncio.Event()
+    """Serves until SIGTERM or SIGINT, then stops (Server.stop). A second signal
+    cuts the drain delay short; SIGUSR1 stops without it (the supervisor's rolling
+    restart: the kernel, not a load balancer, moves new connections to the
+    replacement). In-flight calls get grace_seconds either way."""
+    stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set() or sig is signal.SIGUSR1:
+            hurry.set()
+        stop.set()
+        log.info("signal", extra={"signal": sig.name})
+
     # Handlers first: a SIGTERM right after "serving" must still drain.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        loop.add_signal_handler(sig, on_signal, sig)
     server = Server(settings, worker)
     await server.start()
     await stop.wait()
-    await server.stop()
+    await server.stop(0.0 if hurry.is_set() else None, hurry)
 
 
+#: Imported by lightgbm only for its scikit-learn, pandas and Dask interfaces, which
+#: a server never uses (parsing and predicting with a Booster do not). Importing
+#: scikit-learn and SciPy was most of the time a start took, and a restart after a
+#: crash is a start: the serving process keeps them out.
 def run(settings: Settings, worker: WorkerContext | None = None) -> None:
+    """The serving process: serves until stopped."""
     import uvloop
 
+    skip_lightgbm_extras()
     uvloop.run(serve(settings, worker))

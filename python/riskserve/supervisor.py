@@ -6,8 +6,11 @@ the port, points prometheus_client at a fresh multiprocess directory, forks the
 workers (each then builds its own gRPC server bound with SO_REUSEPORT, so the
 kernel spreads connections over them) and a metrics process that serves
 /metrics for all of them, and waits. A child that dies is forked again (with
-back-off; a crash loop stops the whole server). SIGTERM/SIGINT drain the
-workers (each finishes its in-flight requests), then stop the metrics process.
+back-off; a crash loop stops the whole server). SIGTERM/SIGINT stop every
+worker the way a single process stops (riskserve.server.Server.stop: NOT_SERVING,
+the drain delay, GOAWAY, in-flight calls finish), then the metrics process.
+SIGHUP is a rolling restart: each worker in turn is replaced by a new one, which
+serves before the old one drains (`Supervisor.rolling_restart`).
 
 Admin changes reach every worker through models/<name>/deployment.json: the
 worker that takes the call changes it under a file lock, the others notice the
@@ -83,6 +86,7 @@ def _child_main(parent: int, fn: Any, *args: Any) -> None:
     try:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor's: a rolling restart
         _die_with_parent(parent)
         fn(*args)
         code = 0
@@ -137,6 +141,8 @@ class Supervisor:
         self.children: dict[int, _Child] = {}
         self.metrics_port: int | None = None
         self.stopping = False
+        #: Set by SIGHUP: replace every worker (rolling_restart).
+        self.reloading = False
         self.restarts: list[float] = []
 
     def _fork(self, kind: str, index: int) -> _Child:
@@ -216,16 +222,65 @@ class Supervisor:
         if child.kind == "metrics":
             self.metrics_port = int(ready)
 
+    def rolling_restart(self) -> None:
+        """Replaces every worker, one at a time, without failing a request: fork the
+        new worker (it loads the models folder as it is now) and wait until it
+        serves, so the kernel already hands it new connections on the shared port;
+        then stop the old one with SIGUSR1: as SIGTERM, minus the load-balancer
+        delay (no balancer decides between workers: the kernel stops choosing the
+        old one once its listener closes). It refuses new calls with GOAWAY, so
+        its clients reconnect, to a live worker, and finishes what it has. A new
+        worker that does not start ends the restart; the rest keep serving."""
+        old = sorted(
+            (c for c in self.children.values() if c.kind == "worker"), key=lambda c: c.index
+        )
+        started = time.monotonic()
+        log.info("rolling restart", extra={"workers": [c.pid for c in old]})
+        for child in old:
+            if self.stopping:
+                return
+            new = self._fork("worker", child.index)
+            try:
+                self._await_ready(new)
+            except RuntimeError as e:
+                log.error(  # the reason: why the new worker did not start
+                    "rolling restart abandoned", extra={"worker": child.index, "reason": str(e)}
+                )
+                self._stop_pids([new.pid], "worker", 0.0, signal.SIGKILL)
+                return
+            if self.stopping:  # SIGTERM meanwhile: shutdown() stops old and new alike
+                return
+            self._stop_pids(
+                [child.pid], "worker", self.settings.server.grace_seconds + 10.0, signal.SIGUSR1
+            )
+            log.info(
+                "worker replaced", extra={"worker": child.index, "old": child.pid, "pid": new.pid}
+            )
+        log.info(
+            "rolling restart done",
+            extra={
+                "seconds": round(time.monotonic() - started, 3),
+                "workers": [c.pid for c in self.children.values() if c.kind == "worker"],
+            },
+        )
+
     def supervise(self) -> int:
         def on_signal(signum: int, _frame: Any) -> None:
-            self.stopping = True
+            if signum == signal.SIGHUP:
+                self.reloading = True
+            else:
+                self.stopping = True
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, on_signal)
         code = 0
         try:
             self.start()
             while not self.stopping:
+                if self.reloading:
+                    self.reloading = False
+                    self.rolling_restart()
+                    continue
                 try:
                     pid, status = os.waitpid(-1, os.WNOHANG)
                 except ChildProcessError:
@@ -242,31 +297,39 @@ class Supervisor:
         self.shutdown()
         return code
 
-    def _stop(self, kind: str, timeout: float) -> None:
-        pids = [p for p, c in self.children.items() if c.kind == kind]
+    def _stop_pids(
+        self, pids: list[int], kind: str, timeout: float, sig: int = signal.SIGTERM
+    ) -> None:
+        """Sends `sig` to each child in `pids`, waits up to `timeout` seconds for all
+        of them, SIGKILLs the rest."""
         for p in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGTERM)
+                os.kill(p, sig)
         deadline = time.monotonic() + timeout
         for p in pids:
             while True:
                 done, status = os.waitpid(p, os.WNOHANG)
                 if done:
                     code = os.waitstatus_to_exitcode(status)
-                    if code != 0:
+                    if code != 0 and sig != signal.SIGKILL:
                         log.error(f"{kind} exited badly", extra={"pid": p, "exit": code})
                     break
                 if time.monotonic() > deadline:
-                    log.error(f"{kind} did not stop; killing it", extra={"pid": p})
+                    if sig != signal.SIGKILL:
+                        log.error(f"{kind} did not stop; killing it", extra={"pid": p})
                     os.kill(p, signal.SIGKILL)
                     os.waitpid(p, 0)
                     break
                 time.sleep(0.05)
             self.children.pop(p, None)
 
+    def _stop(self, kind: str, timeout: float) -> None:
+        self._stop_pids([p for p, c in self.children.items() if c.kind == kind], kind, timeout)
+
     def shutdown(self) -> None:
         """Workers first (they drain and write their last snapshots), then metrics."""
-        self._stop("worker", self.settings.server.grace_seconds + 10.0)
+        server = self.settings.server
+        self._stop("worker", server.drain_seconds + server.grace_seconds + 10.0)
         self._stop("metrics", 10.0)
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         log.info("stopped")

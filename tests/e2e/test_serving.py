@@ -212,10 +212,11 @@ def test_client_score_helper(server: Any, fresh: Any, expected: Any, rows: Any) 
 
 
 def _degrade(cols: Mapping[str, Any], dtypes: Mapping[str, str]) -> dict[str, Any]:
-    """40 rows with NaN / ±inf in float fields and unseen / empty / odd strings."""
+    """40 rows with NaN and extreme values in float fields and unseen / empty / odd
+    strings. (±inf is refused with INVALID_ARGUMENT: tests/e2e/test_bad_input.py.)"""
     n = 40
     out: dict[str, Any] = {}
-    specials = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1e308, -1e308, 5e-324]
+    specials = [math.nan, 0.0, -0.0, 1e308, -1e308, 5e-324]
     str_specials = ["", "__never_seen__", "ünïcödé-例え", " ", "USD ", "x" * 300]
     for k, (name, col) in enumerate(cols.items()):
         if dtypes[name] == "FP64":
@@ -251,7 +252,7 @@ def test_missing_nonfinite_and_unseen_values_are_scored(
 ) -> None:
     cols = _degrade(fresh[model], datatypes[model])
     n = len(cols["amount"])
-    assert np.isnan(cols["amount"]).any() and np.isinf(cols["amount"]).any()
+    assert np.isnan(cols["amount"]).any()
     assert "" in cols["currency"] and "__never_seen__" in cols["currency"]
     want = reference.predict(version_dirs[model], cols)
     assert np.isfinite(want).all()

@@ -31,8 +31,9 @@ check, and a bad version stays refused across restarts instead of being
 re-checked by every pod that comes up. A verdict file that is unreadable or
 malformed is ignored and checked again, never trusted as a pass; a folder that
 cannot be written keeps verdicts in memory only. Deleting a file re-checks that
-version in processes started afterwards. The agreement check (step 3) runs at every load: it costs one predict
-call; when it fails on a kept verdict, the verdict is checked again once.
+version in processes started afterwards. The agreement check (step 3) runs at
+every load: it costs one predict call; when it fails on a kept verdict, the
+verdict is checked again once.
 
 A row the model fails to score (an ONNX Runtime error, a non-finite score) does
 not refuse it, as before: the warm-up row must score, and both processes must

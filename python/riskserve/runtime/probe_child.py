@@ -27,12 +27,11 @@ from riskserve.errors import RiskserveError
 from riskserve.registry import ModelRepository
 from riskserve.runtime.loaded import open_model, read_version
 from riskserve.runtime.probe import probe_rows, probe_scores
+from riskserve.runtime.runtimes import skip_lightgbm_extras
 
 #: Imported by lightgbm only for its scikit-learn and pandas interfaces, never by
 #: Booster parsing or predicting: blocked here, they would cost ~1.5 s a check.
 #: The server's own load of the same bytes must agree on the probe scores.
-_UNUSED = ("sklearn", "pandas", "dask")
-
 _SPLIT_FEATURE = re.compile(rb"^split_feature=(.*)$", re.MULTILINE)
 _MAX_FEATURE = re.compile(rb"^max_feature_idx=(-?\d+)\s*$", re.MULTILINE)
 
@@ -73,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     # The report gets the real stdout; fd 1 (where C libraries print) becomes stderr.
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    for mod in _UNUSED:
-        sys.modules.setdefault(mod, None)  # type: ignore[arg-type]  # import → ImportError
+    skip_lightgbm_extras()
     started = time.perf_counter()
 
     def stage(name: str, **fields: Any) -> None:

@@ -1,4 +1,7 @@
-"""riskserve.admin.v1.ModelAdmin over the deployment service."""
+"""riskserve.admin.v1.ModelAdmin over the deployment service. Every text field is
+bounded by `settings.limits` (model names, salt, x-actor: RISKSERVE_MAX_NAME_BYTES;
+reason: RISKSERVE_MAX_REASON_BYTES) before the service sees it: the reason and
+actor are written into deployment.json and the log."""
 
 from __future__ import annotations
 
@@ -7,19 +10,22 @@ from typing import Any
 
 import grpc
 
+from riskserve.config import LimitsSettings
 from riskserve.deployments import DeploymentService, Revision, VersionStatus
 from riskserve.errors import InvalidInput
 from riskserve.monitoring import Metrics
 from riskserve.pb.riskserve.admin.v1 import admin_pb2 as pb
 from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc as pb_grpc
+from riskserve.transport.codec import Bounds
 
 SERVICE_NAME = "riskserve.admin.v1.ModelAdmin"
 
 
-def actor_of(context: grpc.aio.ServicerContext) -> str:
+def actor_of(context: grpc.aio.ServicerContext, bounds: Bounds) -> str:
+    """Who made an admin call: metadata `x-actor` (bounded), else "admin"."""
     for key, value in context.invocation_metadata() or ():
         if key == "x-actor":
-            return str(value)[:128]
+            return bounds.name("metadata 'x-actor'", str(value))
     return "admin"
 
 
@@ -47,16 +53,23 @@ def version_pb(v: VersionStatus) -> pb.VersionInfo:
     )
 
 
-def _model(name: str) -> str:
-    if not name:
-        raise InvalidInput("field 'model' is required")
-    return name
-
-
 class AdminServicer(pb_grpc.ModelAdminServicer):  # type: ignore[misc]
-    def __init__(self, deployments: DeploymentService, metrics: Metrics) -> None:
+    def __init__(
+        self, deployments: DeploymentService, metrics: Metrics, limits: LimitsSettings
+    ) -> None:
         self.m = deployments
         self.metrics = metrics
+        self.bounds = Bounds(limits)
+
+    def _model(self, name: str) -> str:
+        if not name:
+            raise InvalidInput("field 'model' is required")
+        return self.bounds.name("field 'model'", name)
+
+    def _change(self, request: Any, context: Any) -> tuple[str, str, str]:
+        """A change request's model, its caller and reason, bounded."""
+        name = self._model(request.model)
+        return name, actor_of(context, self.bounds), self.bounds.reason(request.reason)
 
     async def ListModels(self, request: Any, context: Any) -> pb.ListModelsResponse:
         await self.m.refresh()
@@ -70,51 +83,48 @@ class AdminServicer(pb_grpc.ModelAdminServicer):  # type: ignore[misc]
         return pb.ListModelsResponse(models=out)
 
     async def LoadVersion(self, request: Any, context: Any) -> pb.LoadVersionResponse:
-        name = _model(request.model)
+        name, actor, reason = self._change(request, context)
         if request.version <= 0:
             raise InvalidInput("field 'version' must be >= 1")
-        rev = await self.m.load(name, request.version, actor_of(context), request.reason)
+        rev = await self.m.load(name, request.version, actor, reason)
         info = version_pb(self.m.loaded_status(name, request.version))
         return pb.LoadVersionResponse(version=info, deployment=deployment_pb(name, rev))
 
     async def UnloadVersion(self, request: Any, context: Any) -> pb.UnloadVersionResponse:
-        name = _model(request.model)
-        rev = await self.m.unload(name, request.version, actor_of(context), request.reason)
+        name, actor, reason = self._change(request, context)
+        rev = await self.m.unload(name, request.version, actor, reason)
         return pb.UnloadVersionResponse(deployment=deployment_pb(name, rev))
 
     async def GetDeployment(self, request: Any, context: Any) -> pb.Deployment:
-        name = _model(request.model)
+        name = self._model(request.model)
         await self.m.refresh()
         return deployment_pb(name, self.m.current(name))
 
     async def SetTraffic(self, request: Any, context: Any) -> pb.Deployment:
-        name = _model(request.model)
+        name, actor, reason = self._change(request, context)
+        salt = self.bounds.name("field 'salt'", request.salt)
         variants = [(v.version, v.weight) for v in request.variants]
-        rev = await self.m.set_traffic(
-            name, variants, request.salt, actor_of(context), request.reason
-        )
+        rev = await self.m.set_traffic(name, variants, salt, actor, reason)
         return deployment_pb(name, rev)
 
     async def SetShadow(self, request: Any, context: Any) -> pb.Deployment:
-        name = _model(request.model)
-        rev = await self.m.set_shadow(
-            name, request.version, request.sample_percent, actor_of(context), request.reason
-        )
+        name, actor, reason = self._change(request, context)
+        rev = await self.m.set_shadow(name, request.version, request.sample_percent, actor, reason)
         return deployment_pb(name, rev)
 
     async def Promote(self, request: Any, context: Any) -> pb.Deployment:
-        name = _model(request.model)
-        rev = await self.m.promote(name, request.version, actor_of(context), request.reason)
+        name, actor, reason = self._change(request, context)
+        rev = await self.m.promote(name, request.version, actor, reason)
         return deployment_pb(name, rev)
 
     async def Rollback(self, request: Any, context: Any) -> pb.Deployment:
-        name = _model(request.model)
-        rev = await self.m.rollback(name, actor_of(context), request.reason)
+        name, actor, reason = self._change(request, context)
+        rev = await self.m.rollback(name, actor, reason)
         self.metrics.rollbacks.labels(name, "manual").inc()
         return deployment_pb(name, rev)
 
     async def History(self, request: Any, context: Any) -> pb.HistoryResponse:
-        name = _model(request.model)
+        name = self._model(request.model)
         await self.m.refresh()
         revs = self.m.history(name, request.limit)
         return pb.HistoryResponse(revisions=[deployment_pb(name, r) for r in revs])

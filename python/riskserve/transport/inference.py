@@ -1,4 +1,9 @@
-"""inference.GRPCInferenceService: the Open Inference Protocol (KServe V2)."""
+"""inference.GRPCInferenceService: the Open Inference Protocol (KServe V2).
+
+ModelInfer and ModelStreamInfer receive the request bytes and decode them with the
+codec (the Rust reader by default); the other methods get messages the Registrar
+decoded. Every inference request that reaches a handler is counted in
+riskserve_requests_total, a refused one under a bounded model label."""
 
 from __future__ import annotations
 
@@ -9,34 +14,78 @@ from typing import Any
 
 import grpc
 
-from riskserve.dataplane import SERVER_NAME, DataPlane
+from riskserve.config import LimitsSettings
+from riskserve.dataplane import SERVER_NAME, DataPlane, InferRequest, shown
 from riskserve.deployments import DeploymentService, VersionState
 from riskserve.errors import InvalidInput, RiskserveError
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from riskserve.transport.admin import actor_of
-from riskserve.transport.codec import decode_request, decode_request_bytes, encode_response
-from riskserve.transport.errors import Registrar
+from riskserve.transport.codec import Bounds, Codec, RequestRefused, encode_response
+from riskserve.transport.errors import Throttle, takes_bytes
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 
 log = logging.getLogger(__name__)
 
 
-def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+def _stream_error(
+    model_name: str, model_version: str, request_id: str, message: str
+) -> pb.ModelStreamInferResponse:
     return pb.ModelStreamInferResponse(
         error_message=message,
         infer_response=pb.ModelInferResponse(
-            model_name=request.model_name, model_version=request.model_version, id=request.id
+            model_name=model_name, model_version=model_version, id=request_id
         ),
     )
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, dataplane: DataPlane, version: str, deployments: DeploymentService) -> None:
+    """The V2 service. `limits` bound every request field; `rust_parser` reads
+    inference requests in Rust (else with the generated protobuf code)."""
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        version: str,
+        deployments: DeploymentService,
+        limits: LimitsSettings,
+        *,
+        rust_parser: bool = True,
+    ) -> None:
         self._dp = dataplane
         self._version = version
         self._deployments = deployments
+        self._bounds = Bounds(limits)
+        self._codec = Codec(self._bounds, rust_parser)
+        self._throttle = Throttle(log)
+
+    def _decode(self, method: str, data: bytes, time_remaining: float | None) -> InferRequest:
+        """The inference request in `data`; a refused one is counted (and, when
+        its bytes do not decode, logged as a throttled warning) before it is raised."""
+        try:
+            return self._codec.decode(data, time_remaining)
+        except RequestRefused as e:
+            self._dp.observe_refused(e.model_name, e.code.name)
+            if e.model_name is None:
+                self._throttle.warning(
+                    f"undecodable {method}",
+                    "request refused: it does not decode",
+                    method=method,
+                    error=e.message,
+                    size=len(data),
+                )
+            raise
+
+    def _repository_request(self, request: Any) -> str:
+        """Bounds a repository request's fields; returns its model name."""
+        b = self._bounds
+        b.name("field 'repository_name'", request.repository_name)
+        name = b.name("field 'model_name'", request.model_name)
+        if not name:
+            raise InvalidInput("field 'model_name' is required")
+        b.parameters({k: _choice(v) for k, v in request.parameters.items()})
+        return name
 
     # -- repository extension (admin: needs the bearer token) -----------------------
 
@@ -44,6 +93,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         out = []
+        self._bounds.name("field 'repository_name'", request.repository_name)
         listing = await asyncio.get_running_loop().run_in_executor(
             None, self._deployments.list_models
         )
@@ -67,11 +117,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     ) -> pb.RepositoryModelLoadResponse:
         """Loads a version (parameter `version`, default the newest in the
         registry) and sends it all traffic: LoadVersion then Promote."""
-        name = request.model_name
-        if not name:
-            raise InvalidInput("field 'model_name' is required")
+        name = self._repository_request(request)
         version = _version_param(request.parameters) or None
-        await self._deployments.load_and_promote(name, version, actor_of(context))
+        actor = actor_of(context, self._bounds)
+        await self._deployments.load_and_promote(name, version, actor)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
@@ -80,14 +129,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         """With parameter `version`: UnloadVersion. Without: the model leaves
         service (NOT_FOUND until loaded again)."""
         m = self._deployments
-        name = request.model_name
-        if not name:
-            raise InvalidInput("field 'model_name' is required")
+        name = self._repository_request(request)
         version = _version_param(request.parameters)
+        actor = actor_of(context, self._bounds)
         if version:
-            await m.unload(name, version, actor_of(context), "RepositoryModelUnload")
+            await m.unload(name, version, actor, "RepositoryModelUnload")
         else:
-            await m.remove(name, actor_of(context), "RepositoryModelUnload")
+            await m.remove(name, actor, "RepositoryModelUnload")
         return pb.RepositoryModelUnloadResponse()
 
     async def ServerLive(
@@ -103,7 +151,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self._dp.model_ready(request.name, request.version))
+        name, version = self._model_ref(request)
+        return pb.ModelReadyResponse(ready=self._dp.model_ready(name, version))
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
@@ -113,7 +162,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        md = self._dp.model_metadata(request.name, request.version)
+        md = self._dp.model_metadata(*self._model_ref(request))
         tm = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=md.name,
@@ -123,63 +172,62 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             outputs=[tm(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in md.outputs],
         )
 
+    def _model_ref(self, request: Any) -> tuple[str, str]:
+        """A (name, version) request's fields, bounded."""
+        b = self._bounds
+        return b.name("field 'name'", request.name), b.name("field 'version'", request.version)
+
     async def ModelStreamInfer(
         self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        request_iterator: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Triton's bidirectional stream: one response per request, in order. A
-        failed request answers with `error_message` (its status name first) and
-        the stream goes on."""
-        async for request in request_iterator:
+        failed request (one that does not even decode, too) answers with
+        `error_message` (its status name first) and the stream goes on."""
+        async for data in request_iterator:
             try:
-                req = decode_request(request, context.time_remaining())
+                req = self._decode("ModelStreamInfer", data, context.time_remaining())
+            except RequestRefused as e:
+                message = f"{e.code.name}: {e.message}"
+                yield _stream_error(e.model_name or "", e.model_version, e.request_id, message)
+                continue
+            try:
                 result = await self._dp.infer(req)
                 yield pb.ModelStreamInferResponse(infer_response=encode_response(result))
             except RiskserveError as e:
-                yield _stream_error(request, f"{e.code.name}: {e.message}")
+                message = f"{e.code.name}: {e.message}"
+                yield _stream_error(req.model_name, req.model_version, req.id, message)
             except Exception:
                 log.exception("stream request failed with an internal error")
-                yield _stream_error(request, "INTERNAL: internal error; see the server log")
+                message = "INTERNAL: internal error; see the server log"
+                yield _stream_error(req.model_name, req.model_version, req.id, message)
 
-    async def ModelInferBytes(
+    @takes_bytes
+    async def ModelInfer(
         self, data: bytes, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        """ModelInfer from the request bytes (see register_bytes_model_infer)."""
-        req = decode_request_bytes(data, context.time_remaining())
+        req = self._decode("ModelInfer", data, context.time_remaining())
         result = await self._dp.infer(req)
         return encode_response(result)
 
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInferResponse:
-        req = decode_request(request, context.time_remaining())
-        result = await self._dp.infer(req)
-        return encode_response(result)
+
+def _choice(p: Any) -> Any:
+    """The value of a parameter message's oneof (None when it names none)."""
+    which = p.WhichOneof("parameter_choice")
+    return None if which is None else getattr(p, which)
 
 
 def _version_param(params: Any) -> int:
-    p = params.get("version") if "version" in params else None
-    if p is None:
+    """The repository parameter `version` (0 when absent)."""
+    raw = _choice(params["version"]) if "version" in params else None
+    if raw is None:
         return 0
-    which = p.WhichOneof("parameter_choice")
-    raw = getattr(p, which) if which else ""
     try:
         v = int(raw)
     except (TypeError, ValueError):
-        raise InvalidInput(f"parameter 'version' must be an integer, got {raw!r}") from None
+        text = raw if isinstance(raw, str) else repr(raw)
+        raise InvalidInput(f"parameter 'version' must be an integer, got {shown(text)}") from None
     if v <= 0:
         raise InvalidInput("parameter 'version' must be >= 1")
     return v
-
-
-def register_bytes_model_infer(server: Registrar, servicer: InferenceServicer) -> None:
-    """Serves ModelInfer from the raw request bytes, parsed in Rust, instead of the
-    generated deserializer. Registered after the generated service: a registered
-    handler takes precedence; the other methods keep the generated ones."""
-    handler = grpc.unary_unary_rpc_method_handler(
-        servicer.ModelInferBytes,
-        request_deserializer=None,
-        response_serializer=pb.ModelInferResponse.SerializeToString,
-    )
-    server.add_registered_method_handlers(SERVICE_NAME, {"ModelInfer": handler})
