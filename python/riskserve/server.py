@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
@@ -34,6 +34,7 @@ from riskserve.runtime.runtimes import skip_lightgbm_extras
 from riskserve.transport.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from riskserve.transport.admin import AdminServicer
 from riskserve.transport.auth import AdminAuth, load_token
+from riskserve.transport.drain import QUIET_TICK, DrainingHealth
 from riskserve.transport.errors import Registrar
 from riskserve.transport.inference import SERVICE_NAME, InferenceServicer
 from riskserve.worker import WorkerContext
@@ -107,9 +108,11 @@ class Server:
                 ("grpc.server.max_pending_requests_hard_limit", server.max_pending_calls),
             ]
         token = load_token(settings.admin.token, settings.admin.token_file)
-        self.quiesce = _Quiesce()  # lets stop() pick up every call sent (Server.stop)
-        self.grpc = grpc.aio.server(options=opts, interceptors=(self.quiesce,))
-        ours = Registrar(self.grpc, AdminAuth(token))  # status mapping + admin token
+        self.grpc = grpc.aio.server(options=opts)
+        # status mapping, the admin token, and the hold that lets stop() pick up
+        # every call sent (Quiesce)
+        ours = Registrar(self.grpc, AdminAuth(token))
+        self.quiesce = ours.quiesce
         inference = InferenceServicer(
             self.dataplane,
             riskserve.__version__,
@@ -121,7 +124,7 @@ class Server:
         admin_pb2_grpc.add_ModelAdminServicer_to_server(
             AdminServicer(self.deployments, self.metrics, settings.limits), ours
         )
-        self.health = _Health()
+        self.health = DrainingHealth()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = (
             SERVICE_NAME,
@@ -251,92 +254,6 @@ class Server:
         if self._http is not None:
             self._http.shutdown()
         log.info("stopped", extra={"seconds": round(took, 3), "pid": pid})
-
-
-#: Server.stop shuts gRPC down once no new call has come in over this many checks
-#: QUIET_TICK seconds apart while replies are held (with the loop free, a call queued
-#: in gRPC core is picked up within microseconds; counting checks rather than
-#: seconds keeps a process that was not scheduled for a while from stopping early) ...
-QUIET_TICKS = 4
-QUIET_TICK = 0.005
-#: ... or after this long in any case (clients that send without waiting for replies).
-HOLD_SECONDS = 0.5
-
-
-class _Quiesce(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts the unary calls handlers pick up and, while Server.stop holds, keeps
-    their replies back (the call runs; only its return waits)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self._held: asyncio.Event | None = None
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
-
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        method = details.method
-        wrapped = self._handlers.get(method)
-        if wrapped is None:
-            wrapped = self._handlers[method] = self._wrap(await continuation(details))
-        return wrapped
-
-    def _wrap(self, handler: Any) -> Any:
-        inner = None if handler is None else handler.unary_unary
-        if inner is None or not asyncio.iscoroutinefunction(inner):
-            return handler
-
-        async def unary(request: Any, context: Any) -> Any:
-            self.calls += 1
-            try:
-                return await inner(request, context)
-            finally:
-                if self._held is not None:
-                    await self._held.wait()
-
-        return handler._replace(unary_unary=unary)
-
-    async def hold(self) -> int:
-        """Holds replies until no new call has come in for QUIET_TICKS checks (at
-        most HOLD_SECONDS); returns how many calls came in meanwhile."""
-        self._held = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + HOLD_SECONDS
-        first = seen = self.calls
-        quiet = 0
-        while quiet < QUIET_TICKS:
-            await asyncio.sleep(QUIET_TICK)
-            quiet = quiet + 1 if self.calls == seen else 0
-            seen = self.calls
-            if loop.time() >= deadline:
-                log.warning("calls still coming in; stopping anyway", extra={"held": seen - first})
-                break
-        return seen - first
-
-    def release(self) -> None:
-        if self._held is not None:
-            self._held.set()
-
-
-class _Health(health.aio.HealthServicer):  # type: ignore[misc]
-    """grpc.health.v1 whose Watch streams end when the server stops: a watcher (a
-    client doing client-side health checking) would otherwise hold the stop for the
-    whole grace period and then be cancelled."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._closing = asyncio.Event()
-
-    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
-        watch = asyncio.ensure_future(super().Watch(request, context))
-        closing = asyncio.ensure_future(self._closing.wait())
-        try:
-            await asyncio.wait((watch, closing), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (watch, closing):
-                t.cancel()
-            await asyncio.gather(watch, closing, return_exceptions=True)
-
-    def close_watches(self) -> None:
-        self._closing.set()
 
 
 async def serve(settings: Settings, worker: WorkerContext | None = None) -> None:

@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from riskserve.errors import Code, InvalidInput, RiskserveError
 from riskserve.transport.auth import AdminAuth, is_admin
+from riskserve.transport.drain import Quiesce
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,17 @@ class Throttle:
         return True
 
 
-def guarded(method: str, inner: Handler) -> Handler:
-    """`inner` with exceptions mapped to status codes."""
+def guarded(method: str, inner: Handler, quiesce: Quiesce) -> Handler:
+    """`inner` with exceptions mapped to status codes, counted for `quiesce` (and
+    its reply held while a stop holds replies)."""
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        quiesce.picked_up()
         try:
             if _expired(context):  # queued past its deadline: core has ended it; skip the work
                 raise asyncio.CancelledError
             reply = await inner(request, context)
+            await quiesce.reply_allowed()
             if _expired(context):  # scored too late: core has already ended the call
                 raise asyncio.CancelledError
             return reply
@@ -104,11 +108,13 @@ def guarded(method: str, inner: Handler) -> Handler:
                 # nothing left to send (an abort now would fail in core, logged
                 # as an error by grpc). A cancelled handler is what it expects.
                 raise asyncio.CancelledError from None
+            await quiesce.reply_allowed()
             await context.abort(STATUS[e.code], e.message)
         except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("request failed with an internal error", extra={"method": method})
+            await quiesce.reply_allowed()
             await context.abort(
                 grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log"
             )
@@ -160,6 +166,7 @@ class Registrar:
         self._auth = auth
         self._generic: set[str] = set()
         self.throttle = Throttle(log)
+        self.quiesce = Quiesce()
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         """Ignored: the generated code registers the same methods again through
@@ -194,7 +201,7 @@ class Registrar:
         if admin:
             inner = self._auth.guard(method, inner)  # the credential, then decoding
         return grpc.unary_unary_rpc_method_handler(
-            guarded(method, inner),
+            guarded(method, inner, self.quiesce),
             request_deserializer=None,
             response_serializer=h.response_serializer,
         )
