@@ -52,6 +52,8 @@ ENV_NAMES = {
     "RISKSERVE_MAX_INFLIGHT": "scoring.max_inflight",
     "RISKSERVE_MAX_REQUEST_ROWS": "scoring.max_request_rows",
     "RISKSERVE_SHADOW_MAX_PENDING": "scoring.shadow_max_pending",
+    "RISKSERVE_SHED_TARGET_SECONDS": "scoring.shed_target_seconds",
+    "RISKSERVE_SHED_INTERVAL_SECONDS": "scoring.shed_interval_seconds",
     "RISKSERVE_MAX_NAME_BYTES": "limits.max_name_bytes",
     "RISKSERVE_MAX_ROUTING_KEY_BYTES": "limits.max_routing_key_bytes",
     "RISKSERVE_MAX_PARAMETERS": "limits.max_parameters",
@@ -78,6 +80,12 @@ ENV_NAMES = {
     "RISKSERVE_ADMIN_TOKEN_FILE": "admin.token_file",
     "RISKSERVE_STATE_POLL_SECONDS": "admin.state_poll_seconds",
     "RISKSERVE_LIGHTGBM_COMPILE": "compile.lightgbm",
+    "RISKSERVE_TLS_CERT_FILE": "security.tls_cert_file",
+    "RISKSERVE_TLS_KEY_FILE": "security.tls_key_file",
+    "RISKSERVE_TLS_CLIENT_CA_FILE": "security.tls_client_ca_file",
+    "RISKSERVE_METRICS_TLS": "security.metrics_tls",
+    "RISKSERVE_PRINCIPALS_FILE": "security.principals_file",
+    "RISKSERVE_TRUSTED_KEYS_FILE": "security.trusted_keys_file",
     "RISKSERVE_COMPILE_CACHE_DIR": "compile.cache_dir",
 }
 
@@ -161,6 +169,7 @@ def test_settings_hold_one_frozen_group_per_concern() -> None:
         "canary": "CanarySettings",
         "admin": "AdminSettings",
         "compile": "CompileSettings",
+        "security": "SecuritySettings",
     }
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.server.port = 1  # type: ignore[misc]
@@ -190,14 +199,25 @@ def test_every_setting_has_a_meaning() -> None:
 # -- environment -----------------------------------------------------------------------
 
 
+#: Settings that are only valid with others set (their group checks them together).
+COMPANIONS = {
+    "tls_cert_file": {"tls_key_file": "k.pem"},
+    "tls_key_file": {"tls_cert_file": "c.pem"},
+    "tls_client_ca_file": {"tls_cert_file": "c.pem", "tls_key_file": "k.pem"},
+    "metrics_tls": {"tls_cert_file": "c.pem", "tls_key_file": "k.pem"},
+}
+
+
 @pytest.mark.parametrize("s", SETTINGS, ids=ids)
 def test_every_setting_is_read_from_its_variable(s: SettingInfo) -> None:
     value = other_value(s)
-    loaded = Settings.load(env={s.env: env_text(value)})
+    companions = COMPANIONS.get(s.key, {})
+    env = {f"RISKSERVE_{k.upper()}": v for k, v in companions.items()}
+    loaded = Settings.load(env={**env, s.env: env_text(value)})
     assert read(loaded, s) == value
     assert type(read(loaded, s)) is type(value)
     # Nothing else moved.
-    assert loaded.replace(**{s.key: s.default}) == Settings()
+    assert loaded.replace(**{s.key: s.default}, **dict.fromkeys(companions, "")) == Settings()
 
 
 @pytest.mark.parametrize(
@@ -429,3 +449,19 @@ def test_docs_list_every_variable_flag_and_default() -> None:
         assert s.meaning in row
         default = env_text(s.default) if s.default != "" else '""'
         assert f"`{default}`" in row
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"tls_cert_file": "c.pem"}, "RISKSERVE_TLS_CERT_FILE and RISKSERVE_TLS_KEY_FILE"),
+        ({"tls_key_file": "k.pem"}, "must be set together"),
+        ({"tls_client_ca_file": "ca.pem"}, "need RISKSERVE_TLS_CERT_FILE"),
+        ({"metrics_tls": True}, "need RISKSERVE_TLS_CERT_FILE"),
+    ],
+)
+def test_tls_settings_come_in_pairs(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings.of(**values)
+    ok = Settings.of(**{"tls_cert_file": "c.pem", "tls_key_file": "k.pem", **values})
+    assert ok.security.tls

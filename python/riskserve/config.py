@@ -150,6 +150,21 @@ class ScoringSettings(_Group):
         "Shadow scorings allowed to queue before new ones are dropped (and counted).",
         at_least=0,
     )
+    shed_target_seconds: float = _setting(
+        0.005,
+        "SHED_TARGET_SECONDS",
+        "Queueing delay shedding aims for: when the smallest wait in a version's batch "
+        "queue stays above this for RISKSERVE_SHED_INTERVAL_SECONDS, new requests get "
+        "RESOURCE_EXHAUSTED at once until the queue drains below it, seconds; 0 = never shed.",
+        at_least=0,
+    )
+    shed_interval_seconds: float = _setting(
+        0.1,
+        "SHED_INTERVAL_SECONDS",
+        "How long the queueing delay must stay above RISKSERVE_SHED_TARGET_SECONDS before "
+        "shedding starts (a shorter burst is queued, not refused), seconds.",
+        above=0,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,6 +369,58 @@ class CompileSettings(_Group):
 
 
 #: Settings attribute → group class, in the order the docs list them.
+@dataclasses.dataclass(frozen=True)
+class SecuritySettings(_Group):
+    """TLS on the ports, who may call what, and which model versions are trusted."""
+
+    tls_cert_file: str = _setting(
+        "",
+        "TLS_CERT_FILE",
+        "PEM certificate (chain) for the gRPC port; with RISKSERVE_TLS_KEY_FILE it serves "
+        "TLS only. Re-read when it changes: new connections get the new certificate.",
+    )
+    tls_key_file: str = _setting("", "TLS_KEY_FILE", "PEM private key of the certificate.")
+    tls_client_ca_file: str = _setting(
+        "",
+        "TLS_CLIENT_CA_FILE",
+        "PEM CA bundle: clients must present a certificate it signed (mTLS); the "
+        "certificate's name identifies the caller (RISKSERVE_PRINCIPALS_FILE).",
+    )
+    metrics_tls: bool = _setting(
+        False,
+        "METRICS_TLS",
+        "Serve /metrics over TLS with the same certificate (and client CA, if set).",
+    )
+    principals_file: str = _setting(
+        "",
+        "PRINCIPALS_FILE",
+        "JSON file of principals (token sha256 or certificate name, and roles: admin, "
+        "reader, feedback); re-read when it changes (riskserve.transport.principals).",
+    )
+    trusted_keys_file: str = _setting(
+        "",
+        "TRUSTED_KEYS_FILE",
+        "PEM ed25519 public keys: when set, a model version is refused unless its "
+        "manifest.sig was made by one of them (riskserve sign).",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError(
+                "RISKSERVE_TLS_CERT_FILE and RISKSERVE_TLS_KEY_FILE must be set together"
+            )
+        if (self.tls_client_ca_file or self.metrics_tls) and not self.tls_cert_file:
+            raise ValueError(
+                "RISKSERVE_TLS_CLIENT_CA_FILE and RISKSERVE_METRICS_TLS need "
+                "RISKSERVE_TLS_CERT_FILE and RISKSERVE_TLS_KEY_FILE"
+            )
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
+
+
 GROUPS: dict[str, type[_Group]] = {
     "server": ServerSettings,
     "scoring": ScoringSettings,
@@ -363,6 +430,7 @@ GROUPS: dict[str, type[_Group]] = {
     "canary": CanarySettings,
     "admin": AdminSettings,
     "compile": CompileSettings,
+    "security": SecuritySettings,
 }
 
 
@@ -475,6 +543,7 @@ class Settings:
     canary: CanarySettings = dataclasses.field(default_factory=CanarySettings)
     admin: AdminSettings = dataclasses.field(default_factory=AdminSettings)
     compile: CompileSettings = dataclasses.field(default_factory=CompileSettings)
+    security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
 
     @classmethod
     def load(

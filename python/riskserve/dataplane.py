@@ -34,10 +34,51 @@ UNKNOWN_MODEL = "__unknown__"
 UNDECODED = "__undecoded__"
 #: Characters of a client's string an error message quotes (`shown`).
 SHOWN_CHARS = 64
-#: Status codes that are the server's (or model's) fault, not the client's.
-SERVER_FAULTS = frozenset({"INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED"})
+#: Status codes the canary guard counts as a version's failures: the server's (or
+#: model's) fault. Not DEADLINE_EXCEEDED (a client can set tiny deadlines; the guard's
+#: latency bound covers slowness) nor RESOURCE_EXHAUSTED (shed or over the admission
+#: bound: the server's load, not the version).
+SERVER_FAULTS = frozenset({"INTERNAL", "UNAVAILABLE"})
 
 log = logging.getLogger(__name__)
+
+
+class Shedder:
+    """CoDel-style load shedding for one version's batch queue: pure, the clock is
+    passed in. Enters shedding when every queueing delay seen for `interval`
+    seconds was at or above `target` (the minimum over the interval stays above
+    it); leaves at the first delay below target (0.0 is reported when a dequeue
+    empties the queue). A burst shorter than `interval` is queued, not refused.
+    target 0 turns shedding off."""
+
+    __slots__ = ("_above_since", "interval", "shedding", "target")
+
+    def __init__(self, target: float, interval: float) -> None:
+        self.target = target
+        self.interval = interval
+        self.shedding = False
+        #: When the delay last went above target (None: it is below).
+        self._above_since: float | None = None
+
+    def observe(self, now: float, delay: float) -> None:
+        if self.target <= 0 or delay < self.target:
+            self._above_since = None
+            self.shedding = False
+        elif self._above_since is None:
+            self._above_since = now
+        elif now - self._above_since >= self.interval:
+            self.shedding = True
+
+    def refusal(self) -> str:
+        return (
+            f"overloaded: queueing delay above {self.target * 1e3:g} ms for "
+            f"{self.interval * 1e3:g} ms; retry with backoff"
+        )
+
+
+class _VersionQueue(NamedTuple):
+    batcher: Batcher
+    shedder: Shedder
 
 
 class CanaryGuardLike(Protocol):
@@ -131,7 +172,7 @@ class DataPlane:
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskserve-shadow")
         self._shadow_pending = 0
         #: One batcher per loaded version; it goes when the version is released.
-        self._batchers: weakref.WeakKeyDictionary[LoadedModel, Batcher] = (
+        self._batchers: weakref.WeakKeyDictionary[LoadedModel, _VersionQueue] = (
             weakref.WeakKeyDictionary()
         )
         self.guard: CanaryGuardLike | None = None
@@ -208,13 +249,21 @@ class DataPlane:
         decode, or it broke a limit), under `model_label(model_name)`."""
         self._metrics.observe_error(self.model_label(model_name), "", "", code)
 
-    def _batcher(self, model: LoadedModel) -> Batcher:
-        b = self._batchers.get(model)
-        if b is None:
-            b = self._batchers[model] = Batcher(
-                model, self._pool, _score, self._batching, self._metrics.observe_batch
+    def _queue(self, model: LoadedModel) -> _VersionQueue:
+        q = self._batchers.get(model)
+        if q is None:
+            scoring = self._scoring
+            shedder = Shedder(scoring.shed_target_seconds, scoring.shed_interval_seconds)
+            batcher = Batcher(
+                model,
+                self._pool,
+                _score,
+                self._batching,
+                self._metrics.observe_batch,
+                on_dequeue=shedder.observe,
             )
-        return b
+            q = self._batchers[model] = _VersionQueue(batcher, shedder)
+        return q
 
     def _record_error(self, req: InferRequest, routed: Routed | None, code: str) -> None:
         if routed is None:
@@ -232,6 +281,10 @@ class DataPlane:
         if req.time_remaining is not None and req.time_remaining <= 0:
             raise DeadlineExceeded("the request's deadline passed before it was scored")
         model = routed.model
+        queue = self._queue(model)
+        if queue.shedder.shedding:
+            # Refused before validation or scoring: a refusal must cost next to nothing.
+            raise Overloaded(queue.shedder.refusal())
         columns, rows = self._columns(model, req)
         if self._inflight >= self._scoring.max_inflight:
             raise Overloaded(
@@ -239,7 +292,7 @@ class DataPlane:
             )
         self._inflight += 1
         try:
-            probs = await self._batcher(model).submit(columns, rows, req.time_remaining)
+            probs = await queue.batcher.submit(columns, rows, req.time_remaining)
         finally:
             self._inflight -= 1
         result = InferResult(

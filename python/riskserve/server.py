@@ -8,13 +8,14 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 import riskserve
 from riskserve.config import Settings
@@ -23,10 +24,12 @@ from riskserve.deployments import DeploymentService
 from riskserve.deployments.canary import CanaryGuard
 from riskserve.monitoring import DriftAlerts, Metrics, ServingCollector
 from riskserve.monitoring.fleet import SNAPSHOT_SECONDS, SnapshotWriter
+from riskserve.monitoring.metrics import serve_metrics
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc
 from riskserve.registry import ModelRepository, VersionRef
+from riskserve.registry.signing import TrustedKeys
 from riskserve.routing import RoutingTable
 from riskserve.runtime import LoadedModel, load_version, refusal
 from riskserve.runtime.compiled import Compiler
@@ -37,6 +40,8 @@ from riskserve.transport.auth import AdminAuth, load_token
 from riskserve.transport.drain import QUIET_TICK, DrainingHealth
 from riskserve.transport.errors import Registrar
 from riskserve.transport.inference import SERVICE_NAME, InferenceServicer
+from riskserve.transport.principals import Principals
+from riskserve.transport.tls import ReloadingCredentials, TlsFiles
 from riskserve.worker import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -51,7 +56,13 @@ class Server:
         self.worker = worker
         started = time.perf_counter()
         server = settings.server
-        repo = ModelRepository(server.models_dir)
+        security = settings.security
+        trusted = (
+            TrustedKeys.load(Path(security.trusted_keys_file))
+            if security.trusted_keys_file
+            else None
+        )
+        repo = ModelRepository(server.models_dir, trusted)
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -107,11 +118,14 @@ class Server:
                 ("grpc.server.max_pending_requests", max(1, server.max_pending_calls // 2)),
                 ("grpc.server.max_pending_requests_hard_limit", server.max_pending_calls),
             ]
-        token = load_token(settings.admin.token, settings.admin.token_file)
+        principals = Principals(
+            Path(security.principals_file) if security.principals_file else None,
+            load_token(settings.admin.token, settings.admin.token_file),
+        )
         self.grpc = grpc.aio.server(options=opts)
-        # status mapping, the admin token, and the hold that lets stop() pick up
-        # every call sent (Quiesce)
-        ours = Registrar(self.grpc, AdminAuth(token))
+        # status mapping, who may call the admin methods, and the hold that lets
+        # stop() pick up every call sent (Quiesce)
+        ours = Registrar(self.grpc, AdminAuth(principals))
         self.quiesce = ours.quiesce
         inference = InferenceServicer(
             self.dataplane,
@@ -134,15 +148,23 @@ class Server:
         )
         reflection.enable_server_reflection(names, self.grpc)
         assert pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name == SERVICE_NAME
-        self.port = self.grpc.add_insecure_port(f"{server.host}:{server.port}")
+        address = f"{server.host}:{server.port}"
+        self.tls: ReloadingCredentials | None = None
+        if security.tls:
+            ca = Path(security.tls_client_ca_file) if security.tls_client_ca_file else None
+            files = TlsFiles(Path(security.tls_cert_file), Path(security.tls_key_file), ca)
+            self.tls = ReloadingCredentials(files)  # TlsError: the server does not start
+            self.port = self.grpc.add_secure_port(address, self.tls.credentials)
+        else:
+            self.port = self.grpc.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind {server.host}:{server.port}")
 
     async def start(self) -> None:
         s = self.settings
         if self.worker is None and s.server.metrics_port >= 0:
-            self._http, _thread = start_http_server(
-                s.server.metrics_port, s.server.metrics_host, registry=self.registry
+            self._http = serve_metrics(
+                s.server.metrics_port, s.server.metrics_host, self.registry, s.security
             )
             self.metrics_port = int(self._http.server_port)
         if self.snapshots is not None:

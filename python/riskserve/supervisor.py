@@ -119,6 +119,7 @@ def _metrics_main(settings: Settings, directory: Path, ready_fd: int) -> None:
     run_metrics_process(
         directory,
         settings.drift,
+        settings.security,
         models_dir=server.models_dir,
         host=server.metrics_host,
         port=server.metrics_port,

@@ -893,7 +893,7 @@ def test_without_a_configured_token_the_admin_api_is_closed(
     models_copy: Callable[[str], Path], servers: Callable[..., ServerHandle], traffic: Traffic
 ) -> None:
     srv = servers(models_copy("models"), token=None)
-    assert srv.events("no admin token configured: the admin API refuses every call")
+    assert srv.events("no admin credential configured: the admin API refuses every call")
     for method, (request, _) in {**ADMIN_CALLS, **REPOSITORY_CALLS}.items():
         for md in ([], [("authorization", f"Bearer {TOKEN}")], [("authorization", "Bearer ")]):
             code, details = _code(srv, method, request, md)

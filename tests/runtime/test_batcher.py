@@ -214,3 +214,45 @@ def test_small_batches_run_inline_and_larger_ones_in_the_pool(model: LoadedModel
     assert lone[0] == pytest.approx(expected[0])
     for got, want in zip(many, expected, strict=True):
         assert got == pytest.approx(want)
+
+
+def test_expired_requests_are_never_scored_and_their_wait_is_reported(
+    model: LoadedModel,
+) -> None:
+    """A queued request whose deadline passed while an earlier batch ran is failed at
+    dequeue without reaching the model; every dequeue reports its smallest wait
+    (expired requests included), and 0.0 once the queue has drained."""
+    rows = _rows(model, 6, 9)
+    scored: list[int] = []
+    seen: list[tuple[float, float]] = []
+
+    def slow(m: LoadedModel, columns: Mapping[str, Any]) -> np.ndarray:
+        time.sleep(0.05)
+        out = _score(m, columns)
+        scored.append(len(out))
+        return out
+
+    async def main() -> list[Any]:
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(
+                model, pool, slow, batching(max_batch_size=1), on_dequeue=lambda *a: seen.append(a)
+            )
+            first = asyncio.ensure_future(b.submit(rows[0], 1))
+            await asyncio.sleep(0)  # the first batch is taken and runs 50 ms
+            late = [b.submit(r, 1, time_remaining=0.02) for r in rows[1:5]]
+            fine = b.submit(rows[5], 1, time_remaining=30.0)
+            return await asyncio.gather(first, *late, fine, return_exceptions=True)
+
+    got = asyncio.run(main())
+    assert isinstance(got[0], np.ndarray) and isinstance(got[5], np.ndarray)
+    assert all(isinstance(g, DeadlineExceeded) for g in got[1:5]), got
+    assert scored == [1, 1]  # the four expired requests never reached the model
+    # Dequeues: the first request (no wait), then the four expired ones and the last
+    # together (max_batch_size counts only requests that will be scored), then the
+    # drained queue.
+    delays = [d for _, d in seen]
+    assert len(delays) == 3, seen
+    assert delays[0] < 0.04
+    assert delays[1] >= 0.04  # queued behind a 50 ms batch
+    assert delays[2] == 0.0
+    assert [t for t, _ in seen] == sorted(t for t, _ in seen)

@@ -13,6 +13,7 @@ import pytest
 from riskserve.errors import InvalidInput
 from riskserve.pb.riskserve.admin.v1 import admin_pb2 as apb
 from riskserve.transport.auth import AdminAuth
+from riskserve.transport.principals import Principals
 from riskserve.transport.errors import Registrar, Throttle, takes_bytes
 
 
@@ -67,6 +68,9 @@ class Context:
     def time_remaining(self) -> float | None:
         return None
 
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}  # no TLS: no client certificate
+
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         self.aborted = (code, details)
         raise grpc.aio.AbortError
@@ -74,7 +78,7 @@ class Context:
 
 def _register(inner: Any, service: str = "riskserve.admin.v1.ModelAdmin") -> Any:
     server = FakeServer()
-    reg = Registrar(server, AdminAuth(b"tok"))  # type: ignore[arg-type]
+    reg = Registrar(server, AdminAuth(Principals(admin_token=b"tok")))  # type: ignore[arg-type]
     reg.add_registered_method_handlers(
         service,
         {

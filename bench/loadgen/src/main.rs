@@ -397,6 +397,9 @@ struct Results {
     dropped: u64,
     /// Open loop: how late sends left against their schedule, sorted µs.
     lag_us: Vec<u32>,
+    /// Open loop: latency of failed calls by status code (e.g. how fast a
+    /// RESOURCE_EXHAUSTED refusal came back), sorted µs.
+    error_lat_us: BTreeMap<&'static str, Vec<u32>>,
     cpu_seconds: f64,
     cpu_wall: f64,
 }
@@ -454,21 +457,25 @@ async fn load(target: &str, payloads: Arc<[Bytes]>, cfg: &Config) -> Result<Resu
         let (t1, c1) = (Instant::now(), cpu_seconds());
         (c1 - c0, (t1 - t0).as_secs_f64())
     });
-    let (mut lat_us, errors, dropped, mut lag_us) = match cfg.rate {
+    let (mut lat_us, errors, dropped, mut lag_us, mut error_lat_us) = match cfg.rate {
         Some(rate) => open_loop(&conns, payloads, call, want, rate, cfg, start, from, to).await?,
         None => {
             let (lat, err) = closed_loop(&conns, payloads, call, want, cfg, from, to).await?;
-            (lat, err, 0, Vec::new())
+            (lat, err, 0, Vec::new(), BTreeMap::new())
         }
     };
     let (cpu_seconds, cpu_wall) = cpu.await.context("the CPU sampler failed")?;
     lat_us.sort_unstable();
     lag_us.sort_unstable();
+    for v in error_lat_us.values_mut() {
+        v.sort_unstable();
+    }
     Ok(Results {
         lat_us,
         errors,
         dropped,
         lag_us,
+        error_lat_us,
         cpu_seconds,
         cpu_wall,
     })
@@ -549,7 +556,13 @@ async fn open_loop(
     start: Instant,
     from: Instant,
     to: Instant,
-) -> Result<(Vec<u32>, Errors, u64, Vec<u32>)> {
+) -> Result<(
+    Vec<u32>,
+    Errors,
+    u64,
+    Vec<u32>,
+    BTreeMap<&'static str, Vec<u32>>,
+)> {
     let inflight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (tx, mut rx) =
         tokio::sync::mpsc::unbounded_channel::<(Instant, Instant, Option<&'static str>)>();
@@ -602,19 +615,21 @@ async fn open_loop(
     });
     let (dropped, lag_us) = scheduler.await.context("the open-loop scheduler failed")?;
     let (mut lat_us, mut errors) = (Vec::new(), Errors::new());
+    let mut error_lat_us: BTreeMap<&'static str, Vec<u32>> = BTreeMap::new();
     while let Some((due, done, failed)) = rx.recv().await {
         if !(from..to).contains(&due) {
             continue;
         }
+        let us = u32::try_from(done.saturating_duration_since(due).as_micros()).unwrap_or(u32::MAX);
         match failed {
-            None => {
-                let us = done.saturating_duration_since(due).as_micros();
-                lat_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+            None => lat_us.push(us),
+            Some(code) => {
+                *errors.entry(code).or_default() += 1;
+                error_lat_us.entry(code).or_default().push(us);
             }
-            Some(code) => *errors.entry(code).or_default() += 1,
         }
     }
-    Ok((lat_us, errors, dropped, lag_us))
+    Ok((lat_us, errors, dropped, lag_us, error_lat_us))
 }
 
 /// User + system CPU seconds of this process (all threads).
@@ -665,6 +680,10 @@ fn report(args: &Args, cfg: &Config, payloads: &[Bytes], res: &Results) -> serde
             "max": res.lat_us.last().map(|&us| f64::from(us) / 1e3),
         },
         "errors": res.errors,
+        "error_latency_ms": res.error_lat_us.iter().map(|(code, v)| (code.to_string(), json!({
+            "p50": pct_ms(v, 50.0), "p95": pct_ms(v, 95.0), "p99": pct_ms(v, 99.0),
+            "max": v.last().map(|&us| f64::from(us) / 1e3),
+        }))).collect::<serde_json::Map<String, serde_json::Value>>(),
         "mode": if cfg.rate.is_some() { "open" } else { "closed" },
         "offered_rps": cfg.rate,
         "dropped": res.dropped,
@@ -724,6 +743,20 @@ fn print_table(args: &Args, cfg: &Config, distinct: usize, doc: &serde_json::Val
     if let Some(m) = doc["errors"].as_object().filter(|m| !m.is_empty()) {
         let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("errors by status: {}", parts.join(", "));
+    }
+    if let Some(m) = doc["error_latency_ms"]
+        .as_object()
+        .filter(|m| !m.is_empty())
+    {
+        for (code, l) in m {
+            println!(
+                "  {code} latency (ms, from schedule): p50 {} p95 {} p99 {} max {}",
+                f(&l["p50"]),
+                f(&l["p95"]),
+                f(&l["p99"]),
+                f(&l["max"]),
+            );
+        }
     }
 }
 

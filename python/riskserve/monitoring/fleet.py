@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from riskserve._native import DriftMonitor
-from riskserve.config import DriftSettings
+from riskserve.config import DriftSettings, SecuritySettings
 from riskserve.files import write_atomic
 from riskserve.monitoring.metrics import ModelView, VersionView
 from riskserve.registry import ModelRepository
@@ -254,6 +254,7 @@ class WorkerCollector(Collector):
 def run_metrics_process(
     directory: Path,
     drift: DriftSettings,
+    security: SecuritySettings,
     *,
     models_dir: Path,
     host: str,
@@ -265,16 +266,16 @@ def run_metrics_process(
     (the workers' files in `directory`, the versions' references in
     `models_dir`) and logs drift alerts on the merged counts. `ready(port)`
     once listening; runs until `stopping(timeout)` returns True."""
-    from prometheus_client import multiprocess, start_http_server
+    from prometheus_client import multiprocess
 
-    from riskserve.monitoring.metrics import DriftAlerts, ServingCollector
+    from riskserve.monitoring.metrics import DriftAlerts, ServingCollector, serve_metrics
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
     fleet = Fleet(directory, ModelRepository(models_dir))
     registry.register(ServingCollector(fleet.views, drift.threshold, drift.bins))
     registry.register(WorkerCollector(fleet))
-    httpd, _thread = start_http_server(port, host, registry=registry)
+    httpd = serve_metrics(port, host, registry, security)
     ready(int(httpd.server_port))
     alerts = DriftAlerts(fleet.views, drift.threshold)
     while not stopping(drift.check_seconds):

@@ -12,9 +12,11 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from riskserve.config import SecuritySettings
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,24 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 10000)
 WINDOWS = ("cumulative", "sliding")
+
+
+def serve_metrics(
+    port: int, host: str, registry: CollectorRegistry, security: SecuritySettings
+) -> Any:
+    """Starts /metrics over HTTP, or HTTPS with RISKSERVE_METRICS_TLS (the gRPC
+    port's certificate; with a client CA, scrapers must present a certificate it
+    signed). Returns the HTTP server (its `server_port`, `shutdown()`)."""
+    tls: dict[str, Any] = {}
+    if security.metrics_tls:
+        tls = {
+            "certfile": security.tls_cert_file,
+            "keyfile": security.tls_key_file,
+            "client_cafile": security.tls_client_ca_file or None,
+            "client_auth_required": bool(security.tls_client_ca_file),
+        }
+    httpd, _thread = start_http_server(port, host, registry=registry, **tls)
+    return httpd
 
 
 class Metrics:

@@ -8,7 +8,11 @@ One batch per version is in flight at a time; the numeric work runs in the
 compute pool with the GIL released. If a merged batch fails on bad input, its
 requests are scored one by one so the error reaches only the request that
 caused it; any other failure fails the whole batch (never retried, so drift
-never counts a row twice)."""
+never counts a row twice).
+
+A request is never scored after its deadline: one that expired while queued is
+failed with DEADLINE_EXCEEDED when it is dequeued. Every dequeue reports the
+queueing delay it saw to `on_dequeue` (the data plane's load shedder)."""
 
 from __future__ import annotations
 
@@ -34,6 +38,10 @@ ScoreFn = Callable[[LoadedModel, Mapping[str, Any]], Scores]
 #: Called once per batch: (model name, version, rows in the batch, seconds each
 #: request queued).
 BatchObserver = Callable[[str, str, int, Sequence[float]], None]
+#: Called with (time.monotonic(), queueing delay): once per dequeue, the smallest
+#: wait among the requests taken (expired and abandoned ones included), and 0.0
+#: when the queue has drained (nothing waits, no batch runs).
+DequeueObserver = Callable[[float, float], None]
 
 
 @dataclasses.dataclass
@@ -83,6 +91,7 @@ class Batcher:
         score: ScoreFn,
         settings: BatchingSettings,
         observe: BatchObserver | None = None,
+        on_dequeue: DequeueObserver | None = None,
     ) -> None:
         # Weak: the dataplane keys batchers weakly by model, and a strong reference
         # here would keep every unloaded version alive. In-flight requests hold
@@ -94,6 +103,7 @@ class Batcher:
         self.max_batch_size = settings.max_batch_size
         self.max_delay = settings.max_batch_delay
         self._observe = observe
+        self._on_dequeue = on_dequeue
         #: Batches of at most this many rows run on the event loop itself,
         #: skipping the hand-off to the pool (0: every batch goes to the pool).
         self.inline_rows = settings.inline_rows
@@ -118,11 +128,15 @@ class Batcher:
         batch: list[_Pending] = []
         rows = 0
         now = time.monotonic()
+        least: float | None = None
         while self._queue:
             p = self._queue[0]
             if batch and rows + p.rows > self.max_batch_size:
                 break
             self._queue.popleft()
+            wait = now - p.enqueued
+            if least is None or wait < least:
+                least = wait
             if p.future.done():  # the caller went away
                 continue
             if p.deadline is not None and p.deadline <= now:
@@ -132,7 +146,14 @@ class Batcher:
                 continue
             batch.append(p)
             rows += p.rows
+        if self._on_dequeue is not None and least is not None:
+            self._on_dequeue(now, least)
         return batch
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting in the queue (not the batch being scored)."""
+        return len(self._queue)
 
     @property
     def model(self) -> LoadedModel:
@@ -183,6 +204,8 @@ class Batcher:
                 if not p.future.done():
                     p.future.set_result(probs[start : start + p.rows])
                 start += p.rows
+        if self._on_dequeue is not None:
+            self._on_dequeue(time.monotonic(), 0.0)  # drained: no standing queue
 
     def _queued_rows(self) -> int:
         return sum(p.rows for p in self._queue)

@@ -16,17 +16,23 @@ from riskserve.errors import InvalidInput
 from riskserve.monitoring import Metrics
 from riskserve.pb.riskserve.admin.v1 import admin_pb2 as pb
 from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc as pb_grpc
+from riskserve.transport.auth import current_principal
 from riskserve.transport.codec import Bounds
 
 SERVICE_NAME = "riskserve.admin.v1.ModelAdmin"
 
 
 def actor_of(context: grpc.aio.ServicerContext, bounds: Bounds) -> str:
-    """Who made an admin call: metadata `x-actor` (bounded), else "admin"."""
+    """Who made an admin call, for the audit history: the authenticated principal,
+    with the caller's own `x-actor` metadata (bounded) after it as a claim, never
+    instead of it: "ops-oncall (as alice)"."""
+    who = current_principal.get()
+    name = who.name if who is not None else "unauthenticated"
     for key, value in context.invocation_metadata() or ():
         if key == "x-actor":
-            return bounds.name("metadata 'x-actor'", str(value))
-    return "admin"
+            claimed = bounds.name("metadata 'x-actor'", str(value))
+            return f"{name} (as {claimed})"
+    return name
 
 
 def deployment_pb(name: str, rev: Revision) -> pb.Deployment:
