@@ -84,6 +84,7 @@ ENV_NAMES = {
     "RISKSERVE_TLS_KEY_FILE": "security.tls_key_file",
     "RISKSERVE_TLS_CLIENT_CA_FILE": "security.tls_client_ca_file",
     "RISKSERVE_METRICS_TLS": "security.metrics_tls",
+    "RISKSERVE_REFLECTION": "security.reflection",
     "RISKSERVE_PRINCIPALS_FILE": "security.principals_file",
     "RISKSERVE_TRUSTED_KEYS_FILE": "security.trusted_keys_file",
     "RISKSERVE_COMPILE_CACHE_DIR": "compile.cache_dir",

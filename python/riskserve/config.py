@@ -391,6 +391,12 @@ class SecuritySettings(_Group):
         "METRICS_TLS",
         "Serve /metrics over TLS with the same certificate (and client CA, if set).",
     )
+    reflection: bool = _setting(
+        True,
+        "REFLECTION",
+        "Serve gRPC server reflection (grpcurl without .proto files); it lists every "
+        "service and method, so turn it off where callers need not discover them.",
+    )
     principals_file: str = _setting(
         "",
         "PRINCIPALS_FILE",

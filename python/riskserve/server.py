@@ -140,13 +140,14 @@ class Server:
         )
         self.health = DrainingHealth()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        names = (
-            SERVICE_NAME,
-            ADMIN_SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        )
-        reflection.enable_server_reflection(names, self.grpc)
+        if security.reflection:
+            names = (
+                SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            )
+            reflection.enable_server_reflection(names, self.grpc)
         assert pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name == SERVICE_NAME
         address = f"{server.host}:{server.port}"
         self.tls: ReloadingCredentials | None = None

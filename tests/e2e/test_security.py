@@ -20,6 +20,7 @@ import grpc
 import pytest
 from certs import CA
 from conftest import ServerHandle
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from riskserve.pb.inference import grpc_service_pb2 as ipb
 from riskserve.pb.inference import grpc_service_pb2_grpc as igrpc
@@ -172,8 +173,14 @@ def test_token_principals_roles_and_revocation(
         {"name": "ops-oncall", "roles": ["admin"], "token_sha256": token_sha256(OPS_TOKEN)},
         {"name": "dashboards", "roles": ["reader"], "token_sha256": token_sha256(READER_TOKEN)},
     )
-    srv = start_server(models, env={"RISKSERVE_PRINCIPALS_FILE": str(path)})
+    srv = start_server(
+        models, env={"RISKSERVE_PRINCIPALS_FILE": str(path), "RISKSERVE_REFLECTION": "false"}
+    )
     admin = agrpc.ModelAdminStub(srv.channel)
+    refl = reflection_pb2_grpc.ServerReflectionStub(srv.channel)
+    ask = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    code, _ = code_of(lambda: list(refl.ServerReflectionInfo(ask, timeout=10)))
+    assert code == grpc.StatusCode.UNIMPLEMENTED  # reflection turned off
 
     def bearer(token: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {token}"),)
