@@ -232,6 +232,18 @@ def _server_env() -> dict[str, str]:
     return env
 
 
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m riskserve.cli ARGS` to completion, without the test's RISKSERVE_*
+    variables (as every server here is started)."""
+    return subprocess.run(
+        [sys.executable, "-m", "riskserve.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_server_env(),
+    )
+
+
 def start_server_process(
     models_dir: Path,
     *extra_args: str,

@@ -16,10 +16,8 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FRAUD_SPEC, V2_DATATYPE, ServerHandle, train_model
+from conftest import FRAUD_SPEC, V2_DATATYPE, ServerHandle, run_cli, train_model
 
 from riskserve.client import build_request
 from riskserve.deployments.canary import VariantStats, score_psi
@@ -1173,14 +1171,7 @@ def test_repository_extension(
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKSERVE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "riskserve.cli", "admin", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    return run_cli("admin", *args)
 
 
 def test_cli_admin(

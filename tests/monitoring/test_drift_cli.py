@@ -5,28 +5,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
+from conftest import run_cli
 
 from riskserve.client import build_request
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from riskserve.training.datagen import generate
 from riskserve.training.train import columns_of
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "riskserve.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_drift_table_and_report(
@@ -38,7 +28,7 @@ def test_drift_table_and_report(
     url = f"http://127.0.0.1:{h.metrics_port}/metrics"
 
     # Not enough rows yet: every field says so, nothing alerts.
-    before = _cli("drift", "--metrics", url)
+    before = run_cli("drift", "--metrics", url)
     assert before.returncode == 0, before.stderr
     assert "ALERT" not in before.stdout and "not enough data" in before.stdout
 
@@ -52,7 +42,7 @@ def test_drift_table_and_report(
             batch = {k: v[i : i + 250] for k, v in cols.items()}
             stub.ModelInfer(build_request("fraud", batch, dts), timeout=30)
 
-    out = _cli("drift", "--metrics", url, "--model", "fraud", "--window", "cumulative")
+    out = run_cli("drift", "--metrics", url, "--model", "fraud", "--window", "cumulative")
     assert out.returncode == 0, out.stderr
     rows = [line.split() for line in out.stdout.splitlines()[1:]]
     # Worst first: amount leads, alerting; the untouched raw inputs stay well below.
@@ -63,10 +53,10 @@ def test_drift_table_and_report(
     assert untouched and max(untouched.values()) < 0.1, untouched
 
     png = tmp_path / "drift.png"
-    rep = _cli("drift-report", "--metrics", url, "--out", str(png), "--top", "4")
+    rep = run_cli("drift-report", "--metrics", url, "--out", str(png), "--top", "4")
     assert rep.returncode == 0, rep.stderr
     assert json.loads(rep.stdout)["fields"] == 4
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    bad = _cli("drift", "--metrics", "http://127.0.0.1:9/metrics")
+    bad = run_cli("drift", "--metrics", "http://127.0.0.1:9/metrics")
     assert bad.returncode == 2 and "riskserve drift:" in bad.stderr
