@@ -13,8 +13,8 @@ import pytest
 from riskserve.errors import InvalidInput
 from riskserve.pb.riskserve.admin.v1 import admin_pb2 as apb
 from riskserve.transport.auth import AdminAuth
-from riskserve.transport.principals import Principals
 from riskserve.transport.errors import Registrar, Throttle, takes_bytes
+from riskserve.transport.principals import Principals
 
 
 class Clock:
