@@ -47,9 +47,11 @@ class Shedder:
     """CoDel-style load shedding for one version's batch queue: pure, the clock is
     passed in. Enters shedding when every queueing delay seen for `interval`
     seconds was at or above `target` (the minimum over the interval stays above
-    it); leaves at the first delay below target (0.0 is reported when a dequeue
-    empties the queue). A burst shorter than `interval` is queued, not refused.
-    target 0 turns shedding off."""
+    it); leaves at the first delay below target (the batcher reports 0.0 once its
+    queue has drained). A burst shorter than `interval` is queued, not refused.
+    target 0 turns shedding off. The delay is the batch queue's only: calls waiting
+    in gRPC core before any of our code runs are bounded by
+    RISKSERVE_MAX_PENDING_CALLS instead."""
 
     __slots__ = ("_above_since", "interval", "shedding", "target")
 

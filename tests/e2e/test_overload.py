@@ -120,8 +120,7 @@ def test_a_request_whose_deadline_passes_while_queued_is_not_scored(
     models_dir: Path, reference: Any, fresh_table: Any, start_server: Callable[..., ServerHandle]
 ) -> None:
     """Shedding off, so the queue grows: calls whose deadline passed in the batch
-    queue are failed at dequeue, never scored. Rows scored equal the rows of OK
-    replies, and some calls expired in the queue."""
+    queue are never scored."""
     vdir = models_dir / "fraud" / "1"
     cols = reference.columns(fresh_table, vdir)
     dts = reference.datatypes(vdir)
@@ -135,12 +134,16 @@ def test_a_request_whose_deadline_passes_while_queued_is_not_scored(
         assert set(codes) <= {"OK", "DEADLINE_EXCEEDED"}, codes
         assert codes.get("DEADLINE_EXCEEDED", 0) > 0, codes
         time.sleep(1.0)  # every call is over on the server too
-        expired_in_queue = h.metric("riskserve_requests_total", code="DEADLINE_EXCEEDED")
-        assert expired_in_queue > 0
-        scored = h.metric("riskserve_batch_rows_sum")
-        ok_rows = h.metric("riskserve_inference_rows_total")
-        assert scored == ok_rows, (scored, ok_rows, codes)
-        assert ok_rows <= (codes.get("OK", 0) + 1) * 500 + 500 * 8  # a late reply or so
+        # One 500-row request per batch (over max_batch_size alone): rows scored / 500 is
+        # the number of requests scored. A call that expired while queued is failed at
+        # dequeue (DEADLINE_EXCEEDED, counted) or was cancelled by gRPC at its deadline
+        # (skipped at dequeue); either way it is never scored. Only the calls whose own
+        # batch was running, or whose reply was on its way, at the deadline are scored
+        # and lost: a few, where scoring every queued call would lose all that expired.
+        scored = h.metric("riskserve_batch_rows_sum") / 500
+        expired = codes["DEADLINE_EXCEEDED"]
+        assert scored <= codes.get("OK", 0) + 1 + expired // 4, (scored, codes)
+        assert scored + h.metric("riskserve_requests_total", code="DEADLINE_EXCEEDED") <= 401
         stub.ModelInfer(big, timeout=30)  # still serving
     finally:
         ch.close()
