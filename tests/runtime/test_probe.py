@@ -39,7 +39,8 @@ from riskserve.runtime.probe import (
 from riskserve.training.datagen import generate, run_datagen
 from riskserve.training.train import columns_of
 
-pytestmark = pytest.mark.timeout(180)
+#: e2e: nearly every test starts a real check process (python -m riskserve.runtime.probe_child).
+pytestmark = [pytest.mark.timeout(180), pytest.mark.e2e]
 
 MODEL = "fraud"
 
