@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from certs import CA
-from conftest import ServerHandle
+from conftest import ServerHandle, run_cli
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from riskserve.pb.inference import grpc_service_pb2 as ipb
@@ -247,3 +247,23 @@ def test_only_signed_versions_are_served(
     states = {v.version: (v.state, v.reason) for m in listing.models for v in m.versions}
     assert states[1][0] == "LOADED"
     assert states[2][0] == "REFUSED" and "only signed versions are accepted" in states[2][1]
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (("--tls-cert-file", "{bad}", "--tls-key-file", "{bad}"), "not a matching certificate"),
+        (("--principals-file", "{bad}"), "unreadable"),
+        (("--trusted-keys-file", "{bad}"), "holds no PEM public key"),
+    ],
+)
+def test_a_bad_security_file_stops_the_start_with_its_reason(
+    models_dir: Path, tmp_path: Path, flags: tuple[str, ...], needle: str
+) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("garbage\n")
+    args = [f.format(bad=bad) for f in flags]
+    p = run_cli("serve", "--models", str(models_dir), "--port", "0", *args, timeout=60)
+    assert p.returncode == 2, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("riskserve serve: ") and needle in last and str(bad) in last, last
