@@ -54,13 +54,20 @@ test-fast: $(VENV)/.built
 	$(PY) -m pytest -q -m "unit and not slow and not tools"
 
 # promtool and prometheus (Debian's package) for the rules tests and the real
-# Prometheus scrape test. Installed when missing.
+# Prometheus scrape test; PostgreSQL 15 (Debian's postgresql) for the feedback
+# store's tests, which start their own cluster with initdb/pg_ctl. Installed when
+# missing.
 tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  echo ">> installing Debian's prometheus package (promtool, prometheus)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo ">> installing Debian's postgresql package (initdb, pg_ctl, postgres)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
 
 test-rust: $(VENV)/.built
 	cargo fmt --all --check

@@ -60,7 +60,7 @@ PY = ROOT / ".venv/bin/python"
 RISKSERVE = ROOT / ".venv/bin/riskserve"
 MLSERVER = ROOT / "bench/.venv-mlserver/bin/mlserver"
 LOADGEN = ROOT / "bench/loadgen/target/release/loadgen"
-ALL_SERVERS = ("riskserve", "floor", "mlserver", "mlserver-tuned")
+ALL_SERVERS = ("riskserve", "riskserve-nolog", "floor", "mlserver", "mlserver-tuned")
 
 
 def rel(p: Path) -> str:
@@ -179,7 +179,10 @@ def start_server(
     pin = ["taskset", "-c", str(a.server_core)]
     env = dict(os.environ)
     log = results / f"compare-{name}.log"
-    if name == "riskserve":
+    if name in ("riskserve", "riskserve-nolog"):
+        # riskserve-nolog: the same server without the prediction log (its cost).
+        if name == "riskserve-nolog":
+            env["RISKSERVE_PREDICTION_LOG"] = "false"
         cmd = [str(RISKSERVE), "serve", "--models", str(a.models), "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--metrics-port", str(port + 1)]
         return Server(name, pin + cmd, log, ROOT, env), "raw-fields", None

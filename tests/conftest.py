@@ -101,9 +101,22 @@ def _imports_slow_module(module: types.ModuleType | None) -> bool:
     return False
 
 
+def needs_postgres(item: pytest.Item) -> bool:
+    """A test on the PostgreSQL cluster (tests/feedback/store_fixtures.py): its
+    `pg_cluster` fixture, or the "postgresql" case of the store fixtures."""
+    if "pg_cluster" in getattr(item, "fixturenames", ()):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("spot") == "postgresql"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     slow_files: dict[Path, bool] = {}
     for item in items:
+        if needs_postgres(item):  # initdb and pg_ctl come from `make tools`
+            if item.get_closest_marker("unit") is None:
+                item.add_marker("e2e")
+            item.add_marker("tools")
         path = Path(str(item.path)).resolve()
         rel = path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else ""
         tier = tier_of(item)

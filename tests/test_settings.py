@@ -88,6 +88,20 @@ ENV_NAMES = {
     "RISKSERVE_PRINCIPALS_FILE": "security.principals_file",
     "RISKSERVE_TRUSTED_KEYS_FILE": "security.trusted_keys_file",
     "RISKSERVE_COMPILE_CACHE_DIR": "compile.cache_dir",
+    "RISKSERVE_PREDICTION_LOG": "feedback.log",
+    "RISKSERVE_FEEDBACK_DSN": "feedback.dsn",
+    "RISKSERVE_PREDICTION_LOG_QUEUE_ROWS": "feedback.queue_rows",
+    "RISKSERVE_PREDICTION_LOG_BATCH_ROWS": "feedback.batch_rows",
+    "RISKSERVE_PREDICTION_LOG_FLUSH_SECONDS": "feedback.flush_seconds",
+    "RISKSERVE_FEEDBACK_RETENTION_DAYS": "feedback.retention_days",
+    "RISKSERVE_FEEDBACK_PENDING_DAYS": "feedback.pending_days",
+    "RISKSERVE_ROUTING_KEY_HASH_FILE": "feedback.hash_key_file",
+    "RISKSERVE_FEEDBACK_TOKEN": "feedback.token",
+    "RISKSERVE_FEEDBACK_TOKEN_FILE": "feedback.token_file",
+    "RISKSERVE_OUTCOME_MATURITY_SECONDS": "feedback.maturity_seconds",
+    "RISKSERVE_OUTCOME_WINDOW_SECONDS": "feedback.window_seconds",
+    "RISKSERVE_OUTCOME_MIN_LABELS": "feedback.min_labels",
+    "RISKSERVE_OUTCOME_REFRESH_SECONDS": "feedback.outcomes_seconds",
 }
 
 #: The flags `serve` had before every setting got one; scripts and manifests use them.
@@ -171,6 +185,7 @@ def test_settings_hold_one_frozen_group_per_concern() -> None:
         "admin": "AdminSettings",
         "compile": "CompileSettings",
         "security": "SecuritySettings",
+        "feedback": "FeedbackSettings",
     }
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.server.port = 1  # type: ignore[misc]

@@ -1,5 +1,5 @@
-"""The `riskserve` command: datagen, train, serve, score, admin, drift and
-drift-report.
+"""The `riskserve` command: datagen, train, serve, score, admin, drift,
+drift-report, labels send and performance.
 
 Each subcommand imports what it needs only when it runs: `score`, `admin` and
 `drift` load no server code, and `serve --workers N` starts its supervisor
@@ -10,12 +10,13 @@ forks). `serve` has one flag per setting, generated from riskserve.config
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         model_format=a.format,
         rounds=a.rounds,
         threshold=a.threshold,
+        alert_rate=a.alert_rate,
+        target_precision=a.target_precision,
     )
     key = None
     if a.signing_key:
@@ -65,6 +68,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         "version": res.ref.version,
         "path": str(res.ref.path),
         "model_sha256": res.model_sha256,
+        "operating_point": res.operating_point,
         "metrics": res.metrics,
     }
     if key is not None:
@@ -228,6 +232,12 @@ def _print_deployment(d: Any) -> None:
     print(f"{'variant':<10} {'weight':>6}")
     for v in d.variants:
         print(f"{'v' + str(v.version):<10} {v.weight:>5}%")
+    thresholds = []
+    for t in d.thresholds:
+        own = f"{t.manifest_threshold:.6g}" if t.HasField("manifest_threshold") else "?"
+        source = f"override; manifest {own}" if t.overridden else "manifest"
+        thresholds.append(f"v{t.version} {t.threshold:.6g} ({source})")
+    print(f"thresholds: {', '.join(thresholds) or '-'}")
     print(f"updated {d.updated_at} by {d.actor or '-'}: {d.reason or '-'}")
 
 
@@ -285,6 +295,18 @@ def cmd_admin(a: argparse.Namespace) -> int:
         elif op == "promote":
             req = apb.PromoteRequest(model=a.model, version=a.version, reason=a.reason)
             _print_deployment(stub.Promote(req, **kw))
+        elif op == "set-threshold":
+            if a.clear == (a.threshold is not None):
+                print("give THRESHOLD or --clear (not both)", file=sys.stderr)
+                return 2
+            req = apb.SetThresholdRequest(
+                model=a.model,
+                version=a.version,
+                threshold=a.threshold or 0.0,
+                clear=a.clear,
+                reason=a.reason,
+            )
+            _print_deployment(stub.SetThreshold(req, **kw))
         elif op == "rollback":
             _print_deployment(
                 stub.Rollback(apb.RollbackRequest(model=a.model, reason=a.reason), **kw)
@@ -301,6 +323,103 @@ def cmd_admin(a: argparse.Namespace) -> int:
     finally:
         channel.close()
     return 0
+
+
+def cmd_labels_send(a: argparse.Namespace) -> int:
+    import grpc
+
+    from riskserve.labels_client import FeedbackClient, counts_of, read_label_file
+
+    labels, refused = read_label_file(a.file)
+    for r in refused[:20]:
+        print(f"{a.file}: row {r.line}: {r.reason}", file=sys.stderr)
+    if len(refused) > 20:
+        print(f"{a.file}: ... and {len(refused) - 20} more rows refused", file=sys.stderr)
+    client = FeedbackClient(a.server, token=a.token, timeout=a.timeout)
+    try:
+        with _progress_bar(len(labels), "labels committed") as advance:
+            replies = client.stream(labels, batch=max(1, a.batch), on_ack=advance)
+    except grpc.RpcError as e:
+        print(f"riskserve labels send: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    counts = counts_of(replies)
+    counts["rejected"] += len(refused)
+    for reply in replies:
+        for ack in reply.results:
+            if ack.reason:
+                print(f"rejected: {ack.reason}", file=sys.stderr)
+    if a.json:
+        print(json.dumps(counts))
+    else:
+        print(" ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_performance(a: argparse.Namespace) -> int:
+    import grpc
+
+    from riskserve.labels_client import FeedbackClient, parse_duration
+
+    maturity = None if a.maturity is None else parse_duration(a.maturity)
+    window = 0.0 if a.window is None else parse_duration(a.window)
+    client = FeedbackClient(a.server, token=a.token, timeout=a.timeout)
+    try:
+        resp = client.performance(a.model, maturity, window)
+    except grpc.RpcError as e:
+        print(f"riskserve performance: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    doc = json.loads(resp.details_json)
+    if a.png is not None:
+        from riskserve.feedback.chart import draw
+        from riskserve.feedback.outcomes import from_json
+
+        draw(from_json(doc), a.png, f"{a.model}: outcomes per variant")
+        print(f"wrote {a.png}", file=sys.stderr)
+    if a.json:
+        print(json.dumps(doc))
+        return 0
+    print(f"{'variant':<9} {'ver':>4} {'thresh':>7} {'labelled':>9} {'recall':>7} "
+          f"{'fpr':>8} {'prec':>6} {'auc':>6}")  # fmt: skip
+    for v in doc["variants"]:
+
+        def f(x: Any, spec: str) -> str:
+            return "-" if x is None else format(x, spec)
+
+        print(
+            f"{v['variant']:<9} {v['version']:>4} {f(v['threshold'], '.4f'):>7} "
+            f"{v['labelled']:>9} {f(v['recall'], '.3f'):>7} "
+            f"{f(v['false_positive_rate'], '.5f'):>8} {f(v['precision'], '.3f'):>6} "
+            f"{f(v['auc'], '.3f'):>6}"
+        )
+    print(resp.verdict)
+    return 0
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, what: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (rich) while a long transfer runs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=_stderr_console(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -326,7 +445,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--format", choices=("lightgbm", "onnx"), default="lightgbm")
     t.add_argument("--rounds", type=int, default=300)
-    t.add_argument("--threshold", type=float, default=0.5, help="operating threshold")
+    # One operating point at most (TrainConfig checks the ranges); none given: the
+    # alert rate twice the training rows' positive rate, within [0.001, 0.2].
+    point = t.add_mutually_exclusive_group()
+    point.add_argument(
+        "--threshold", type=float, help="operating threshold in [0, 1] (flagged: score >= it)"
+    )
+    point.add_argument(
+        "--alert-rate",
+        type=float,
+        help="choose the threshold flagging this share of the holdout, in (0, 1) (default: "
+        "twice the training positive rate, within [0.001, 0.2])",
+    )
+    point.add_argument(
+        "--target-precision",
+        type=float,
+        help="choose the lowest threshold whose holdout precision reaches this, in (0, 1]",
+    )
     t.add_argument("--signing-key", help="ed25519 private key (PEM): sign the new version")
     t.set_defaults(fn=cmd_train)
 
@@ -386,6 +521,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("model")
     o.add_argument("version", type=int)
     o.add_argument("percent", type=float)
+    o = ops.add_parser(
+        "set-threshold",
+        help="set-threshold MODEL VERSION THRESHOLD overrides the version's operating "
+        "threshold in this deployment; --clear restores its manifest's",
+    )
+    o.add_argument("model")
+    o.add_argument("version", type=int)
+    o.add_argument("threshold", type=float, nargs="?")
+    o.add_argument("--clear", action="store_true", help="remove the override")
     ad.set_defaults(fn=cmd_admin)
 
     for name, fn, helptext in (
@@ -401,6 +545,36 @@ def build_parser() -> argparse.ArgumentParser:
             dr.add_argument("--out", required=True, help="PNG path")
             dr.add_argument("--top", type=int, default=6)
         dr.set_defaults(fn=fn)
+
+    lb = sub.add_parser("labels", help="ground-truth labels: send a file of them")
+    lops = lb.add_subparsers(dest="op", required=True)
+    ls = lops.add_parser(
+        "send",
+        help="send a CSV or Parquet file of labels (columns request_id, outcome; optional "
+        "label_time, source, amount, label_id); each batch is acknowledged once committed",
+    )
+    ls.add_argument("--server", default="localhost:8001")
+    ls.add_argument("--file", required=True, type=Path)
+    ls.add_argument("--token", default="", help="default: $RISKSERVE_FEEDBACK_TOKEN(_FILE)")
+    ls.add_argument("--batch", type=int, default=1000, help="labels per stream message")
+    ls.add_argument("--timeout", type=float, default=600.0)
+    ls.add_argument("--json", action="store_true", help="last line: counts by result")
+    ls.set_defaults(fn=cmd_labels_send)
+
+    pf = sub.add_parser("performance", help="outcomes per variant and the A/B verdict")
+    pf.add_argument("--server", default="localhost:8001")
+    pf.add_argument("model")
+    pf.add_argument(
+        "--maturity",
+        default=None,
+        help="judge predictions older than this (14d, 36h, 0d = all); default: the server's",
+    )
+    pf.add_argument("--window", default=None, help="how far back before the maturity (30d)")
+    pf.add_argument("--token", default="", help="default: $RISKSERVE_FEEDBACK_TOKEN(_FILE)")
+    pf.add_argument("--timeout", type=float, default=60.0)
+    pf.add_argument("--json", action="store_true", help="last line: the whole document")
+    pf.add_argument("--png", type=Path, help="draw recall and FPR per variant over time")
+    pf.set_defaults(fn=cmd_performance)
     return p
 
 

@@ -368,6 +368,96 @@ class CompileSettings(_Group):
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class FeedbackSettings(_Group):
+    """The prediction log, the label store and outcomes (riskserve.feedback)."""
+
+    log: bool = _setting(
+        True,
+        "PREDICTION_LOG",
+        "Write every scored row to the prediction log (off: no log, labels join nothing).",
+    )
+    dsn: str = _setting(
+        "",
+        "FEEDBACK_DSN",
+        "Where the prediction log and labels live: empty = SQLite in "
+        "<models>/.feedback/feedback.sqlite; sqlite:///PATH; or postgresql://... for "
+        "several replicas. Prefer a password in PGPASSFILE over one in the DSN.",
+    )
+    queue_rows: int = _setting(
+        100_000,
+        "PREDICTION_LOG_QUEUE_ROWS",
+        "Rows the prediction log may hold in memory before it drops (and counts) new ones "
+        "rather than slow a reply.",
+        at_least=1,
+    )
+    batch_rows: int = _setting(
+        2000, "PREDICTION_LOG_BATCH_ROWS", "Rows the log writer commits at once.", at_least=1
+    )
+    flush_seconds: float = _setting(
+        0.05,
+        "PREDICTION_LOG_FLUSH_SECONDS",
+        "How long a row may wait in memory before the writer commits it, seconds.",
+        above=0,
+    )
+    retention_days: float = _setting(
+        90.0,
+        "FEEDBACK_RETENTION_DAYS",
+        "Predictions (and their labels) older than this are purged in the background.",
+        above=0,
+    )
+    pending_days: float = _setting(
+        7.0,
+        "FEEDBACK_PENDING_DAYS",
+        "A label whose prediction is not in the log yet waits this long for it to land, "
+        "then it is rejected.",
+        above=0,
+    )
+    hash_key_file: str = _setting(
+        "",
+        "ROUTING_KEY_HASH_FILE",
+        "Secret key of the keyed hash (HMAC-SHA256) the log stores instead of the routing "
+        "key; empty = <models>/.feedback/hash.key, made on first start. Replicas sharing "
+        "one store must share the key.",
+    )
+    token: str = _setting(
+        "",
+        "FEEDBACK_TOKEN",
+        "Bearer token of the principal `feedback`, which may send labels (distinct from the "
+        "admin token). Prefer the file.",
+    )
+    token_file: str = _setting(
+        "",
+        "FEEDBACK_TOKEN_FILE",
+        "File holding the feedback token (it wins over RISKSERVE_FEEDBACK_TOKEN).",
+    )
+    maturity_seconds: float = _setting(
+        14 * 86400.0,
+        "OUTCOME_MATURITY_SECONDS",
+        "Predictions younger than this are not judged yet: their labels may still come.",
+        at_least=0,
+    )
+    window_seconds: float = _setting(
+        30 * 86400.0,
+        "OUTCOME_WINDOW_SECONDS",
+        "How far back (before the maturity) outcomes look, seconds.",
+        above=0,
+    )
+    min_labels: int = _setting(
+        30,
+        "OUTCOME_MIN_LABELS",
+        "Fraud (for recall) or legitimate (for false-positive rate) labels a variant needs "
+        "before a rate is reported or compared.",
+        at_least=1,
+    )
+    outcomes_seconds: float = _setting(
+        60.0,
+        "OUTCOME_REFRESH_SECONDS",
+        "How often outcomes per variant are recomputed for /metrics, seconds.",
+        above=0,
+    )
+
+
 #: Settings attribute → group class, in the order the docs list them.
 @dataclasses.dataclass(frozen=True)
 class SecuritySettings(_Group):
@@ -437,6 +527,7 @@ GROUPS: dict[str, type[_Group]] = {
     "admin": AdminSettings,
     "compile": CompileSettings,
     "security": SecuritySettings,
+    "feedback": FeedbackSettings,
 }
 
 
@@ -550,6 +641,7 @@ class Settings:
     admin: AdminSettings = dataclasses.field(default_factory=AdminSettings)
     compile: CompileSettings = dataclasses.field(default_factory=CompileSettings)
     security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
+    feedback: FeedbackSettings = dataclasses.field(default_factory=FeedbackSettings)
 
     @classmethod
     def load(

@@ -18,8 +18,10 @@ import numpy.typing as npt
 from riskserve._native import InputError, packed_count
 from riskserve.config import BatchingSettings, ScoringSettings
 from riskserve.errors import DeadlineExceeded, InvalidInput, Overloaded, RiskserveError
+from riskserve.feedback.log import Scored
+from riskserve.ids import uuid7
 from riskserve.monitoring import Metrics, ModelView, VersionView
-from riskserve.protocol import OUTPUT_NAME
+from riskserve.protocol import FLAGGED_NAME, OUTPUT_NAME
 from riskserve.routing import RoutingTable
 from riskserve.routing.table import Routed
 from riskserve.runtime.batcher import Batcher
@@ -83,6 +85,13 @@ class _VersionQueue(NamedTuple):
     shedder: Shedder
 
 
+class PredictionSink(Protocol):
+    """riskserve.feedback.log.PredictionLog as the data plane sees it: `submit`
+    never blocks (it drops and counts when full)."""
+
+    def submit(self, item: Scored) -> bool: ...
+
+
 class CanaryGuardLike(Protocol):
     """riskserve.deployments.canary.CanaryGuard as the data plane sees it (a
     Protocol: the data plane does not import the deployments layer)."""
@@ -135,6 +144,11 @@ class InferResult:
     id: str
     probability: npt.NDArray[np.float32]
     parameters: Mapping[str, str]
+    #: The decision at the version's operating threshold, when the client asked
+    #: for output FLAGGED_NAME.
+    flagged: npt.NDArray[np.bool_] | None = None
+    #: The outputs in the order the client asked for them (none: probability).
+    outputs: tuple[str, ...] = (OUTPUT_NAME,)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,6 +192,7 @@ class DataPlane:
             weakref.WeakKeyDictionary()
         )
         self.guard: CanaryGuardLike | None = None
+        self.prediction_log: PredictionSink | None = None
         self.ready = True
 
     @property
@@ -211,7 +226,10 @@ class DataPlane:
             versions=tuple(str(v) for v in sorted(dep.versions)),
             platform=model.platform,
             inputs=tuple(TensorMetadata(i.name, i.datatype, (-1,)) for i in model.inputs),
-            outputs=(TensorMetadata(OUTPUT_NAME, "FP32", (-1,)),),
+            outputs=(
+                TensorMetadata(OUTPUT_NAME, "FP32", (-1,)),
+                TensorMetadata(FLAGGED_NAME, "BOOL", (-1,)),
+            ),
         )
 
     # -- inference ----------------------------------------------------------------
@@ -235,8 +253,25 @@ class DataPlane:
             self.guard.record(
                 model.name, model.version, routed.traffic_since, seconds, True, result.probability
             )
+        sink = self.prediction_log
+        if sink is not None:
+            sink.submit(
+                Scored(
+                    result.id,
+                    time.time(),
+                    model.name,
+                    model.version,
+                    routed.variant,
+                    routed.revision,
+                    _routing_key(req),
+                    result.probability,
+                    routed.threshold,
+                    False,
+                    columns,
+                )
+            )
         if routed.shadow is not None:
-            self._start_shadow(routed.shadow, columns, result)
+            self._start_shadow(routed, columns, result, req)
         return result
 
     def model_label(self, name: str | None) -> str:
@@ -297,25 +332,33 @@ class DataPlane:
             probs = await queue.batcher.submit(columns, rows, req.time_remaining)
         finally:
             self._inflight -= 1
+        outputs = tuple(req.requested_outputs) or (OUTPUT_NAME,)
         result = InferResult(
             model_name=model.name,
             model_version=str(model.version),
-            id=req.id,
+            # The client's id, or a time-ordered one: every reply carries one, and
+            # the prediction log keys its rows by it.
+            id=req.id or uuid7(),
             probability=probs,
             parameters={
                 "variant": routed.variant,
                 "deployment_revision": str(routed.revision),
             },
+            flagged=probs >= routed.threshold if FLAGGED_NAME in outputs else None,
+            outputs=outputs,
         )
         return result, rows, columns
 
     # -- shadow -------------------------------------------------------------------
 
     def _start_shadow(
-        self, shadow: LoadedModel, columns: dict[str, Any], primary: InferResult
+        self, routed: Routed, columns: dict[str, Any], primary: InferResult, req: InferRequest
     ) -> None:
         """Scores the shadow after the reply: its own bounded executor, its own
-        metrics; its results and errors never reach the client."""
+        metrics, its own prediction-log rows (marked shadow); its results and
+        errors never reach the client."""
+        shadow = routed.shadow
+        assert shadow is not None
         if self._shadow_pending >= self._scoring.shadow_max_pending:
             self._metrics.observe_shadow(shadow.name, str(shadow.version), "dropped", None)
             return
@@ -336,18 +379,39 @@ class DataPlane:
                 )
                 self._metrics.observe_shadow(shadow.name, version, "error", None)
                 return
-            diff = np.abs(f.result() - primary.probability)
+            scores = f.result()
+            diff = np.abs(scores - primary.probability)
             self._metrics.observe_shadow(shadow.name, version, "ok", float(diff.max()))
+            sink = self.prediction_log
+            if sink is not None:
+                sink.submit(
+                    Scored(
+                        primary.id,
+                        time.time(),
+                        shadow.name,
+                        shadow.version,
+                        "shadow",
+                        routed.revision,
+                        _routing_key(req),
+                        scores,
+                        routed.shadow_threshold,
+                        True,
+                        columns,
+                    )
+                )
 
         fut.add_done_callback(done)
 
     def _columns(self, model: LoadedModel, req: InferRequest) -> tuple[dict[str, Any], int]:
         """Validates inputs against the model's spec; returns columns and the batch size."""
         for out in req.requested_outputs:
-            if out != OUTPUT_NAME:
+            if out not in (OUTPUT_NAME, FLAGGED_NAME):
                 raise InvalidInput(
-                    f"unknown output {shown(out)}; this model outputs {OUTPUT_NAME!r}"
+                    f"unknown output {shown(out)}; this model outputs {OUTPUT_NAME!r} "
+                    f"and {FLAGGED_NAME!r}"
                 )
+        if len(set(req.requested_outputs)) != len(req.requested_outputs):
+            raise InvalidInput("an output is requested more than once")
         index = model.input_index
         columns: dict[str, Any] = {}
         batch: int | None = None

@@ -45,3 +45,6 @@ V2_DATATYPE = {"float": "FP64", "int": "INT64", "bool": "BOOL", "string": "BYTES
 
 #: The one output of every riskserve model: P(fraud) per row, FP32.
 OUTPUT_NAME = "probability"
+#: The second output a client may ask for (requested outputs): the version's
+#: decision at its operating threshold, BOOL (probability >= threshold).
+FLAGGED_NAME = "flagged"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -22,12 +24,20 @@ from riskserve.config import Settings
 from riskserve.dataplane import DataPlane
 from riskserve.deployments import DeploymentService
 from riskserve.deployments.canary import CanaryGuard
+from riskserve.feedback.backends import open_store
+from riskserve.feedback.exporter import OutcomesCollector
+from riskserve.feedback.log import LogCounters, PredictionLog, load_hash_key, routing_key_hasher
+from riskserve.feedback.outcomes import OutcomeSettings
+from riskserve.feedback.records import LabelAck
+from riskserve.feedback.service import FeedbackService, UnavailableStore, count_by_result
+from riskserve.feedback.store import FeedbackStore, StoreError
 from riskserve.monitoring import DriftAlerts, Metrics, ServingCollector
 from riskserve.monitoring.fleet import SNAPSHOT_SECONDS, SnapshotWriter
 from riskserve.monitoring.metrics import serve_metrics
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc
+from riskserve.pb.riskserve.feedback.v1 import feedback_pb2_grpc
 from riskserve.registry import ModelRepository, VersionRef
 from riskserve.registry.signing import TrustedKeys
 from riskserve.routing import RoutingTable
@@ -37,14 +47,20 @@ from riskserve.runtime.runtimes import skip_lightgbm_extras
 from riskserve.transport.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from riskserve.transport.admin import AdminServicer
 from riskserve.transport.auth import AdminAuth, load_token
+from riskserve.transport.codec import Bounds
 from riskserve.transport.drain import QUIET_TICK, DrainingHealth
 from riskserve.transport.errors import Registrar
+from riskserve.transport.feedback import SERVICE_NAME as FEEDBACK_SERVICE_NAME
+from riskserve.transport.feedback import FeedbackServicer
 from riskserve.transport.inference import SERVICE_NAME, InferenceServicer
 from riskserve.transport.principals import Principals
 from riskserve.transport.tls import ReloadingCredentials, TlsFiles
 from riskserve.worker import WorkerContext
 
 log = logging.getLogger(__name__)
+
+#: How often old predictions and expired pending labels are purged, seconds.
+PURGE_SECONDS = 3600.0
 
 
 class Server:
@@ -88,6 +104,7 @@ class Server:
         if settings.canary.enabled:
             self.dataplane.guard = self.guard
         self.views = self.dataplane.views
+        self._open_feedback(settings)
         self.registry.register(
             ServingCollector(self.views, settings.drift.threshold, settings.drift.bins)
         )
@@ -118,9 +135,11 @@ class Server:
                 ("grpc.server.max_pending_requests", max(1, server.max_pending_calls // 2)),
                 ("grpc.server.max_pending_requests_hard_limit", server.max_pending_calls),
             ]
+        fb = settings.feedback
         principals = Principals(
             Path(security.principals_file) if security.principals_file else None,
             load_token(settings.admin.token, settings.admin.token_file),
+            load_token(fb.token, fb.token_file, "feedback token"),
         )
         self.grpc = grpc.aio.server(options=opts)
         # status mapping, who may call the admin methods, and the hold that lets
@@ -138,12 +157,16 @@ class Server:
         admin_pb2_grpc.add_ModelAdminServicer_to_server(
             AdminServicer(self.deployments, self.metrics, settings.limits), ours
         )
+        feedback_pb2_grpc.add_FeedbackServicer_to_server(
+            FeedbackServicer(self.feedback, Bounds(settings.limits)), ours
+        )
         self.health = DrainingHealth()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if security.reflection:
             names = (
                 SERVICE_NAME,
                 ADMIN_SERVICE_NAME,
+                FEEDBACK_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             )
@@ -161,6 +184,82 @@ class Server:
         if self.port == 0:
             raise OSError(f"cannot bind {server.host}:{server.port}")
 
+    def _open_feedback(self, settings: Settings) -> None:
+        """The feedback store, the prediction log and the label service. A store
+        that cannot be opened is logged with its reason: scoring goes on, the
+        log counts its rows as failed and the Feedback API answers UNAVAILABLE."""
+        fb = settings.feedback
+        models_dir = settings.server.models_dir
+        self.store: FeedbackStore
+        try:
+            self.store = open_store(fb.dsn, models_dir)
+        except StoreError as e:
+            log.error("feedback store unavailable", extra={"error": e.message})
+            self.store = UnavailableStore(e.message)
+        m = self.metrics
+        self.prediction_log: PredictionLog | None = None
+        if fb.log:
+            key_file = Path(fb.hash_key_file) if fb.hash_key_file else None
+            key = load_hash_key(key_file or models_dir / ".feedback" / "hash.key")
+            self.prediction_log = PredictionLog(
+                self.store,
+                routing_key_hasher(key),
+                LogCounters(
+                    written=m.log_rows.labels("written").inc,
+                    dropped=m.log_rows.labels("dropped").inc,
+                    failed=m.log_rows.labels("failed").inc,
+                ),
+                queue_rows=fb.queue_rows,
+                batch_rows=fb.batch_rows,
+                flush_seconds=fb.flush_seconds,
+            )
+            self.dataplane.prediction_log = self.prediction_log
+
+        def control_of(model: str) -> int | None:
+            dep = self.dataplane.table.deployments.get(model)
+            return None if dep is None else dep.live
+
+        def count(acks: Sequence[LabelAck]) -> None:
+            for result, n in count_by_result(acks).items():
+                if n:
+                    m.labels_in.labels(result).inc(n)
+
+        self.outcomes = OutcomesCollector(
+            lambda: [(n, tuple(d.versions)) for n, d in self.dataplane.table.deployments.items()]
+        )
+        if self.worker is None:  # with workers, the metrics process exports them
+            self.registry.register(self.outcomes)
+        self.feedback = FeedbackService(
+            self.store,
+            OutcomeSettings(
+                maturity_seconds=fb.maturity_seconds,
+                window_seconds=fb.window_seconds,
+                min_labels=fb.min_labels,
+            ),
+            control_of=control_of,
+            count_results=count,
+        )
+
+    async def _outcomes_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await loop.run_in_executor(None, self.outcomes.refresh, self.feedback.compute)
+            await asyncio.sleep(self.settings.feedback.outcomes_seconds)
+
+    async def _purge_loop(self) -> None:
+        fb = self.settings.feedback
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                purged = await loop.run_in_executor(
+                    None, self.feedback.purge, fb.retention_days * 86400, fb.pending_days * 86400
+                )
+                if purged.predictions or purged.labels or purged.expired:
+                    log.info("feedback store purged", extra=dataclasses.asdict(purged))
+            except Exception as e:
+                log.warning("feedback purge failed", extra={"error": str(e)})
+            await asyncio.sleep(PURGE_SECONDS)
+
     async def start(self) -> None:
         s = self.settings
         if self.worker is None and s.server.metrics_port >= 0:
@@ -175,6 +274,10 @@ class Server:
             self._tasks.append(asyncio.create_task(self._drift_loop()))
         if s.canary.enabled:
             self._tasks.append(asyncio.create_task(self.guard.run()))
+        if self.worker is None or self.worker.index == 0:  # one purger per process group
+            self._tasks.append(asyncio.create_task(self._purge_loop()))
+        if self.worker is None:
+            self._tasks.append(asyncio.create_task(self._outcomes_loop()))
         if s.admin.state_poll_seconds > 0:
             poll = s.admin.state_poll_seconds
             self._tasks.append(asyncio.create_task(self.deployments.watch(poll)))
@@ -272,6 +375,11 @@ class Server:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.dataplane.close()
+        if self.prediction_log is not None:
+            # After the drain: every reply's rows are queued by now.
+            self.prediction_log.close(timeout=max(1.0, s.grace_seconds))
+        self.feedback.close()
+        self.store.close()
         if self.snapshots is not None:
             self.snapshots.write()  # the last counts, after the drain
         if self._http is not None:

@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
+import math
 import os
 import select
 import shutil
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +127,47 @@ def _metrics_main(settings: Settings, directory: Path, ready_fd: int) -> None:
         port=server.metrics_port,
         ready=ready,
         stopping=stop.wait,
+        extra=lambda views: _outcomes(settings, views),
     )
+
+
+def _outcomes(settings: Settings, views: Callable[[], list[Any]]) -> tuple[Any, Callable[[], None]]:
+    """The fleet's outcomes per variant on the metrics process's /metrics: computed
+    from the shared feedback store every RISKSERVE_OUTCOME_REFRESH_SECONDS."""
+    from riskserve.feedback.backends import open_store
+    from riskserve.feedback.exporter import OutcomesCollector
+    from riskserve.feedback.outcomes import OutcomeSettings, outcomes
+    from riskserve.feedback.service import UnavailableStore
+    from riskserve.feedback.store import FeedbackStore, StoreError
+
+    fb = settings.feedback
+    store: FeedbackStore
+    try:
+        store = open_store(fb.dsn, settings.server.models_dir)
+    except StoreError as e:
+        log.error("feedback store unavailable", extra={"error": e.message})
+        store = UnavailableStore(e.message)
+    s = OutcomeSettings(
+        maturity_seconds=fb.maturity_seconds,
+        window_seconds=fb.window_seconds,
+        min_labels=fb.min_labels,
+    )
+    collector = OutcomesCollector(
+        lambda: [(v.name, tuple(x.version for x in v.versions)) for v in views()]
+    )
+    last = [-math.inf]
+
+    def compute(model: str) -> Any:
+        now = time.time()
+        rows = store.joined(model, now - s.window_seconds - s.maturity_seconds, now + 1.0)
+        return outcomes(rows, now, s)
+
+    def step() -> None:
+        if time.monotonic() - last[0] >= fb.outcomes_seconds:
+            last[0] = time.monotonic()
+            collector.refresh(compute)
+
+    return collector, step
 
 
 class Supervisor:

@@ -203,7 +203,21 @@ def test_missing_input(plane: DataPlane, model: LoadedModel) -> None:
 
 def test_unknown_requested_output(plane: DataPlane, model: LoadedModel) -> None:
     msg = invalid(plane, request(model, requested_outputs=["probability", "score"]))
-    assert msg == "unknown output 'score'; this model outputs 'probability'"
+    assert msg == "unknown output 'score'; this model outputs 'probability' and 'flagged'"
+    msg = invalid(plane, request(model, requested_outputs=["flagged", "flagged"]))
+    assert msg == "an output is requested more than once"
+
+
+def test_flagged_output_is_the_decision_at_the_threshold(
+    plane: DataPlane, model: LoadedModel
+) -> None:
+    res = infer(plane, request(model, requested_outputs=["flagged", "probability"]))
+    assert res.outputs == ("flagged", "probability")
+    assert res.flagged is not None
+    np.testing.assert_array_equal(res.flagged, res.probability >= model.threshold)
+    plain = infer(plane, request(model))
+    assert plain.outputs == ("probability",) and plain.flagged is None
+    assert plain.id  # a server-made id when the request carried none
 
 
 @pytest.mark.parametrize("key", ["", 7, b"abc", ["a"]])

@@ -37,6 +37,7 @@ def stand_in(ref: VersionRef) -> Any:
         version=ref.version,
         inputs=(),
         platform="stand-in",
+        threshold=ref.version / 10,  # the version's own (its manifest's)
         manifest=types.SimpleNamespace(model_sha256=f"sha-{ref.version}"),
         pipeline=types.SimpleNamespace(n_features=0),
     )

@@ -21,6 +21,7 @@ def rev(
     percent: float = 0.0,
     action: str = "start",
     undo_from: int | None = None,
+    thresholds: tuple[tuple[int, float], ...] = (),
 ) -> Revision:
     return Revision(
         revision=revision,
@@ -34,20 +35,33 @@ def rev(
         actor="t",
         reason="",
         undo_from=revision if undo_from is None else undo_from,
+        thresholds=thresholds,
     )
 
 
 def test_revision_json_round_trip() -> None:
     r = rev(((1, 90), (2, 10)), shadow=2, percent=5.0, revision=7, undo_from=3)
     assert Revision.from_json(r.to_json()) == r
+    t = rev(thresholds=((1, 0.0), (2, 0.123456789)))
+    assert Revision.from_json(t.to_json()) == t
+    assert t.to_json()["thresholds"] == [[1, 0.0], [2, 0.123456789]]
 
 
 def test_from_json_defaults_for_older_files() -> None:
     d = rev().to_json()
-    for k in ("actor", "reason", "undo_from", "shadow_percent"):
+    for k in ("actor", "reason", "undo_from", "shadow_percent", "thresholds"):
         del d[k]
     r = Revision.from_json(d)
     assert r.actor == "" and r.undo_from == 1 and r.shadow_percent == 0.0
+    assert r.thresholds == ()
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.5, "nan", "inf"])
+def test_from_json_refuses_a_threshold_outside_0_1(bad: float | str) -> None:
+    d = rev().to_json()
+    d["thresholds"] = [[1, float(bad)]]
+    with pytest.raises(ValueError, match="threshold"):  # the store: "unreadable"
+        Revision.from_json(d)
 
 
 @pytest.mark.parametrize(
@@ -288,3 +302,78 @@ def test_fresh_start_serves_the_newest() -> None:
     assert nxt.revision == 1 and nxt.variants == ((3, 100),) and nxt.loaded == (1, 2, 3)
     after = h.fresh_start("fraud", rev(revision=9), {1}, AT)
     assert after.revision == 10 and after.action == "start"
+
+
+# -- operating thresholds ------------------------------------------------------------
+
+
+def test_set_threshold_overrides_sorted_and_clears() -> None:
+    cur = rev(((1, 90), (2, 10)))
+    one = h.set_threshold(cur, 2, 0.7, "ann", "fewer alerts", AT, {1, 2})
+    assert one.thresholds == ((2, 0.7),) and one.action == "set_threshold"
+    assert (one.revision, one.actor, one.reason, one.updated_at) == (2, "ann", "fewer alerts", AT)
+    assert one.variants == cur.variants and one.loaded == cur.loaded
+    both = h.set_threshold(one, 1, 0.25, "t", "", AT, {1, 2})
+    assert both.thresholds == ((1, 0.25), (2, 0.7))
+    again = h.set_threshold(both, 2, 0.0, "t", "", AT, {1, 2})  # 0 and 1 are allowed
+    assert again.thresholds == ((1, 0.25), (2, 0.0))
+    cleared = h.set_threshold(again, 1, None, "t", "", AT, {1, 2})
+    assert cleared.thresholds == ((2, 0.0),)
+    assert h.set_threshold(cleared, 1, None, "t", "", AT, {1, 2}).thresholds == ((2, 0.0),)
+
+
+def test_a_threshold_change_is_not_a_traffic_change() -> None:
+    history = [
+        rev(((1, 100),), revision=1),
+        rev(((1, 90), (2, 10)), revision=2),
+    ]
+    history.append(h.set_threshold(history[-1], 2, 0.8, "t", "", AT, {1, 2}))
+    assert history[-1].traffic() == history[-2].traffic()
+    assert h.traffic_since(history) == 2  # no new canary period
+    assert history[-1].undo_from == history[-2].undo_from
+    # a rollback undoes the split, not the threshold, and keeps the override
+    target, variants = h.rollback_target("fraud", history)
+    assert target.revision == 1
+    back = h.rollback(history[-1], target, variants, {1, 2}, "t", "", AT)
+    assert back.thresholds == ((2, 0.8),)
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1.01, float("nan"), float("inf"), float("-inf")])
+def test_set_threshold_refuses_values_outside_0_1(bad: float) -> None:
+    with pytest.raises(InvalidInput, match="threshold must be a finite number in"):
+        h.set_threshold(rev(), 1, bad, "t", "", AT, {1, 2})
+
+
+def test_set_threshold_needs_a_loaded_version() -> None:
+    with pytest.raises(Conflict, match="fraud version 3 is not loaded; load it first"):
+        h.set_threshold(rev(), 3, 0.5, "t", "", AT, {1, 2}, name="fraud")
+    with pytest.raises(Conflict, match="version 3 is not loaded"):
+        h.set_threshold(rev(), 3, None, "t", "", AT, {1, 2})
+
+
+def test_other_changes_carry_the_overrides_forward() -> None:
+    cur = rev(((1, 90), (2, 10)), loaded=(1, 2, 3), thresholds=((1, 0.3), (3, 0.9)))
+    kept = ((1, 0.3), (3, 0.9))
+    assert h.load(cur, {1, 2, 3, 4}, "t", "", AT).thresholds == kept
+    assert (
+        h.set_traffic("fraud", cur, {1, 2, 3}, [(1, 50), (3, 50)], "", "t", "", AT).thresholds
+        == kept
+    )
+    assert h.set_shadow("fraud", cur, {1, 2, 3}, 3, 5.0, "t", "", AT).thresholds == kept
+    assert h.promote("fraud", cur, {1, 2, 3}, 3, "t", "", AT).thresholds == kept
+    assert h.demote("fraud", cur, {2}, "g", "", AT).thresholds == kept
+    assert h.reconcile(cur, {1, 2, 3}, AT) is None  # served as it is, overrides and all
+    assert h.fresh_start("fraud", cur, {1, 2, 3}, AT).thresholds == kept
+
+
+def test_overrides_of_a_version_that_leaves_are_dropped() -> None:
+    cur = rev(((1, 100), (2, 0)), loaded=(1, 2, 3), thresholds=((1, 0.3), (3, 0.9)))
+    assert h.unload("fraud", cur, {1, 2, 3}, 3, "t", "", AT).thresholds == ((1, 0.3),)
+    assert h.unload("fraud", cur, {1, 2, 3}, 2, "t", "", AT).thresholds == ((1, 0.3), (3, 0.9))
+    restored = h.reconcile(cur, {1, 2}, AT)  # v3 did not load at start
+    assert restored is not None and restored.thresholds == ((1, 0.3),)
+    assert h.fresh_start("fraud", cur, {2}, AT).thresholds == ()
+    removed = h.remove(cur, "t", "", AT)
+    assert removed.thresholds == ()
+    # back after the removal: the version serves with its own threshold again
+    assert h.first_load("fraud", removed, 3, "t", "", AT).thresholds == ()

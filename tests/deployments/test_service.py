@@ -130,6 +130,45 @@ def test_load_and_promote_defaults_to_the_newest_version(r: Rig) -> None:
     assert rev.action == "promote" and rev.variants == ((1, 0), (2, 0), (3, 100))
 
 
+def test_a_threshold_override_is_persisted_published_and_not_a_traffic_change(
+    tmp_path: Path,
+) -> None:
+    r = rig(tmp_path)
+    asyncio.run(r.service.set_traffic("fraud", [(1, 90), (2, 10)], "", "t", ""))
+    rev = asyncio.run(r.service.set_threshold("fraud", 2, 0.65, "ann", "fewer alerts"))
+    assert rev.revision == 3 and rev.action == "set_threshold" and rev.thresholds == ((2, 0.65),)
+    dep = r.published[-1].deployment("fraud")
+    assert dep.revision == 3 and dep.traffic_since == 2  # the canary period goes on
+    assert (dep.threshold_of(1), dep.threshold_of(2)) == (0.1, 0.65)
+    state = json.loads(r.state_file.read_text())
+    assert state["history"][-1]["thresholds"] == [[2, 0.65]]
+    # another process on the folder, and a restart, serve the override
+    again = rig(tmp_path, start=r.service.current("fraud"))
+    assert again.service.current("fraud").thresholds == ((2, 0.65),)
+    cleared = asyncio.run(r.service.set_threshold("fraud", 2, None, "ann", "back"))
+    assert cleared.thresholds == ()
+    assert r.published[-1].deployment("fraud").threshold_of(2) == 0.2
+
+
+@pytest.mark.parametrize(
+    ("version", "threshold", "error", "match"),
+    [
+        (9, 0.5, NotFound, "no version 9"),  # not in the registry
+        (3, 0.5, Conflict, "fraud version 3 is not loaded"),  # in it, not loaded
+        (1, 1.5, InvalidInput, "threshold must be a finite number in"),
+        (1, float("nan"), InvalidInput, "threshold must be a finite number in"),
+    ],
+)
+def test_a_refused_threshold_changes_nothing(
+    r: Rig, version: int, threshold: float, error: type[Exception], match: str
+) -> None:
+    before = r.state_file.read_text()
+    with pytest.raises(error, match=match):
+        asyncio.run(r.service.set_threshold("fraud", version, threshold, "t", ""))
+    assert r.service.current("fraud").revision == 1 and r.published == []
+    assert r.state_file.read_text() == before
+
+
 def test_listing_is_typed(r: Rig) -> None:
     (model,) = r.service.list_models()
     states = {v.version: v.state for v in model.versions}

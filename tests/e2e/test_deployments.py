@@ -800,6 +800,10 @@ ADMIN_CALLS: dict[str, tuple[Any, grpc.StatusCode]] = {
     "Promote": (apb.PromoteRequest(model=MODEL, version=99), grpc.StatusCode.FAILED_PRECONDITION),
     "Rollback": (apb.RollbackRequest(model="no-such-model"), grpc.StatusCode.NOT_FOUND),
     "History": (apb.HistoryRequest(model=MODEL), grpc.StatusCode.OK),
+    "SetThreshold": (
+        apb.SetThresholdRequest(model=MODEL, version=1, threshold=1.5),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
 }
 REPOSITORY_CALLS: dict[str, tuple[Any, grpc.StatusCode]] = {
     "RepositoryIndex": (ipb.RepositoryIndexRequest(), grpc.StatusCode.OK),
@@ -817,6 +821,7 @@ MUTATIONS: dict[str, Any] = {
     "SetTraffic": traffic_request({1: 50, 2: 50}),
     "Promote": apb.PromoteRequest(model=MODEL, version=1),
     "UnloadVersion": apb.UnloadVersionRequest(model=MODEL, version=1),
+    "SetThreshold": apb.SetThresholdRequest(model=MODEL, version=1, threshold=0.5),
     "RepositoryModelUnload": ipb.RepositoryModelUnloadRequest(model_name=MODEL),
 }
 

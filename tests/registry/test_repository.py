@@ -277,6 +277,16 @@ def test_verify_catches_an_unreadable_manifest(
                     "../escape": "0" * 64}}, "../escape"),
         ({"files": {"model.txt": _sha(MODEL_TXT), "features.json": _sha(SPEC),
                     ".hidden": "0" * 64}}, ".hidden"),
+        ({"operating_point": None}, "'operating_point' must be an object"),
+        ({"operating_point": [0.5]}, "'operating_point' must be an object"),
+        ({"operating_point": {}}, "'operating_point.threshold' must be a finite number"),
+        ({"operating_point": {"threshold": "0.5"}}, "'operating_point.threshold'"),
+        ({"operating_point": {"threshold": True}}, "'operating_point.threshold'"),
+        ({"operating_point": {"threshold": 1.5}}, "'operating_point.threshold'"),
+        ({"operating_point": {"threshold": -0.001}}, "'operating_point.threshold'"),
+        ({"operating_point": {"threshold": float("nan")}}, "'operating_point.threshold'"),
+        ({"operating_point": {"threshold": float("inf")}}, "'operating_point.threshold'"),
+        ({"operating_point": {"threshold": 10**400}}, "'operating_point.threshold'"),
     ],
 )  # fmt: skip
 def test_verify_catches_a_bad_manifest(
@@ -287,6 +297,15 @@ def test_verify_catches_a_bad_manifest(
     msg = _integrity(repo, ref)
     assert str(ref.path / "manifest.json") in msg
     assert needle in msg
+
+
+@pytest.mark.parametrize(("point", "threshold"), [(None, None), (0, 0.0), (1, 1.0), (0.25, 0.25)])
+def test_manifest_threshold_is_the_operating_point_s(
+    repo: ModelRepository, point: float | None, threshold: float | None
+) -> None:
+    meta = _meta() if point is None else _meta(operating_point={"threshold": point})
+    ref = repo.write_version("fraud", _files(), meta)
+    assert repo.verify(ref).threshold == threshold  # None: trained before it was recorded
 
 
 def test_verify_catches_a_missing_manifest(repo: ModelRepository) -> None:

@@ -7,12 +7,16 @@
   order, sized by its weight; moving weight between neighbours moves only the keys
   between the old and the new boundary;
 * weights that do not sum to 100 are refused by the table (the deployment
-  service's checks are in tests/deployments).
+  service's checks are in tests/deployments);
+* every routed request carries its version's effective operating threshold (the
+  deployment's override, else the version's own), and its shadow's.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import types
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +28,9 @@ from riskserve._native import murmur3_32
 from riskserve.routing.table import BUCKETS, Deployment, RoutingTable, Variant, bucket_of
 
 VECTORS = Path(__file__).resolve().parents[1] / "native" / "hash_vectors.json"
-#: Stand-ins for loaded models: the table only looks them up.
-MODELS: Any = {1: object(), 2: object(), 3: object()}
+#: Stand-ins for loaded models: the table only looks them up (and their own
+#: operating thresholds, v1 0.1, v2 0.2, v3 0.3).
+MODELS: Any = {v: types.SimpleNamespace(version=v, threshold=v / 10) for v in (1, 2, 3)}
 
 
 def deployment(weights: dict[int, int], salt: str = "s") -> Deployment:
@@ -221,3 +226,63 @@ def test_table_refuses_weights_not_summing_to_100(weights: dict[int, int]) -> No
 def test_table_refuses_a_variant_that_is_not_loaded() -> None:
     with pytest.raises(ValueError, match="not loaded"):
         Deployment("fraud", {1: MODELS[1]}, 1, (Variant(1, 50), Variant(2, 50)))
+
+
+# --------------------------------------------------------------------------------------
+# operating thresholds
+# --------------------------------------------------------------------------------------
+
+
+def test_threshold_of_is_the_override_else_the_version_s_own() -> None:
+    dep = Deployment("fraud", MODELS, 1, thresholds={2: 0.75})
+    assert dep.threshold_of(1) == 0.1  # its own (the manifest's)
+    assert dep.threshold_of(2) == 0.75  # the deployment's override
+    assert dep.threshold_of(3) == 0.3
+    assert Deployment("fraud", MODELS, 1).threshold_of(2) == 0.2  # no overrides
+    with pytest.raises(KeyError):
+        dep.threshold_of(4)
+
+
+def test_route_carries_the_served_and_shadow_versions_thresholds() -> None:
+    split = (Variant(1, 50), Variant(2, 50))
+    dep = Deployment("fraud", MODELS, 1, split, "s", 4, 3, 100.0, thresholds={1: 0.9, 3: 0.05})
+    table = RoutingTable({"fraud": dep})
+    seen = set()
+    for i in range(300):
+        r = table.route("fraud", key=f"k{i}")
+        v = dep.assign(f"k{i}")
+        seen.add(v)
+        assert r.threshold == {1: 0.9, 2: 0.2}[v]
+        assert r.shadow is MODELS[3] and r.shadow_threshold == 0.05
+    assert seen == {1, 2}
+    plain = RoutingTable({"fraud": Deployment("fraud", MODELS, 2, (Variant(2, 100),), "s")})
+    r = plain.route("fraud", key="k1")
+    assert (r.threshold, r.shadow, r.shadow_threshold) == (0.2, None, 0.0)
+
+
+def test_a_shadow_equal_to_the_assigned_variant_has_no_threshold() -> None:
+    dep = Deployment("fraud", MODELS, 1, (Variant(1, 100),), "s", 1, 1, 100.0, thresholds={1: 0.4})
+    r = RoutingTable({"fraud": dep}).route("fraud", key="k")
+    assert (r.threshold, r.shadow, r.shadow_threshold) == (0.4, None, 0.0)
+
+
+def test_an_explicit_version_serves_with_its_effective_threshold() -> None:
+    dep = Deployment("fraud", MODELS, 1, (Variant(1, 100),), "s", thresholds={3: 0.66})
+    table = RoutingTable({"fraud": dep})
+    assert table.route("fraud", "3", "k").threshold == 0.66  # the override
+    explicit = table.route("fraud", "2", "k")
+    assert (explicit.model, explicit.variant, explicit.threshold) == (MODELS[2], "explicit", 0.2)
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "match"),
+    [
+        ({4: 0.5}, "threshold of version 4, not loaded"),
+        ({1: 1.5}, "threshold of version 1 is 1.5"),
+        ({1: -0.1}, "threshold of version 1 is -0.1"),
+        ({1: math.nan}, "threshold of version 1 is nan"),
+    ],
+)
+def test_table_refuses_bad_threshold_overrides(thresholds: dict[int, float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Deployment("fraud", MODELS, 1, thresholds=thresholds)

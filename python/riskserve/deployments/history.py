@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
@@ -17,6 +18,8 @@ from riskserve.errors import Conflict, InvalidInput, NotFound
 
 #: Variants as (version, weight percent), sorted by version.
 Variants = tuple[tuple[int, int], ...]
+#: Operating threshold overrides as (version, threshold), sorted by version.
+Thresholds = tuple[tuple[int, float], ...]
 #: An input signature: (name, V2 datatype) pairs.
 Signature = Sequence[tuple[str, str]]
 
@@ -45,10 +48,14 @@ class Revision:
     #: Versions the canary guard took traffic from: no rollback gives them traffic
     #: again, only an operator's explicit set_traffic or promote of that version.
     held: tuple[int, ...] = ()
+    #: Operating thresholds set by an operator, overriding the versions' own (their
+    #: manifests'); only for versions in this revision. Not part of traffic().
+    thresholds: Thresholds = ()
 
     def traffic(self) -> tuple[Any, ...]:
-        """What routing sees: variants with weight, salt, shadow (a version at weight 0
-        takes no traffic, so loading or unloading one is not a traffic change)."""
+        """Where routing sends requests: variants with weight, salt, shadow (a version
+        at weight 0 takes no traffic, so loading or unloading one is not a traffic
+        change; nor is a threshold change, which moves no request)."""
         return (self.live, self.salt, self.shadow_version, self.shadow_percent)
 
     @property
@@ -87,6 +94,7 @@ class Revision:
             "reason": self.reason,
             "undo_from": self.undo_from,
             "held": list(self.held),
+            "thresholds": [[v, t] for v, t in self.thresholds],
         }
 
     @classmethod
@@ -104,7 +112,28 @@ class Revision:
             reason=str(d.get("reason", "")),
             undo_from=int(d.get("undo_from", d["revision"])),
             held=tuple(int(v) for v in d.get("held", ())),
+            thresholds=tuple(
+                sorted((int(v), _read_threshold(t)) for v, t in d.get("thresholds", ()))
+            ),
         )
+
+
+def _is_threshold(t: float) -> bool:
+    return math.isfinite(t) and 0.0 <= t <= 1.0
+
+
+def check_threshold(threshold: float) -> float:
+    """`threshold` if it is a finite number in [0, 1], else InvalidInput naming it."""
+    if not _is_threshold(threshold):
+        raise InvalidInput(f"threshold must be a finite number in [0, 1], got {threshold}")
+    return threshold
+
+
+def _read_threshold(value: Any) -> float:
+    t = float(value)
+    if not _is_threshold(t):
+        raise ValueError(f"threshold {value!r} is not a finite number in [0, 1]")
+    return t
 
 
 def control_version(variants: Iterable[tuple[int, int]]) -> int:
@@ -157,10 +186,12 @@ def _next(
     loaded: Collection[int] | None = None,
     undo_from: int | None = None,
     held: Collection[int] | None = None,
+    thresholds: Collection[tuple[int, float]] | None = None,
 ) -> Revision:
     """The revision after `cur`: what is not given stays as in `cur` (without a
-    `cur`, everything but undo_from and held must be given); undo_from defaults
-    to the new revision itself."""
+    `cur`, everything but undo_from, held and thresholds must be given); undo_from
+    defaults to the new revision itself. Threshold overrides of versions that are
+    no longer in the deployment are dropped."""
     no = cur.revision + 1 if cur is not None else 1
     if cur is not None:
         variants = cur.variants if variants is None else variants
@@ -168,8 +199,12 @@ def _next(
         shadow = (cur.shadow_version, cur.shadow_percent) if shadow is None else shadow
         loaded = cur.loaded if loaded is None else loaded
         held = cur.held if held is None else held
+        thresholds = cur.thresholds if thresholds is None else thresholds
     assert variants is not None and salt is not None and shadow is not None and loaded is not None
     shadow_version, shadow_percent = shadow
+    present = {*loaded, *(v for v, _ in variants)}
+    if shadow_version is not None:
+        present.add(shadow_version)
     return Revision(
         revision=no,
         action=action,
@@ -183,6 +218,7 @@ def _next(
         reason=reason,
         undo_from=no if undo_from is None else undo_from,
         held=tuple(sorted(set(held or ()))),
+        thresholds=tuple(sorted((v, t) for v, t in dict(thresholds or ()).items() if v in present)),
     )
 
 
@@ -338,6 +374,43 @@ def promote(
         shadow=_shadow_without(cur, version),
         loaded=loaded,
         held=set(cur.held) - {version},
+    )
+
+
+def set_threshold(
+    cur: Revision,
+    version: int,
+    threshold: float | None,
+    actor: str,
+    reason: str,
+    at: str,
+    loaded: Collection[int],
+    *,
+    name: str = "",
+) -> Revision:
+    """`version` serves with `threshold` (a score >= it is flagged) instead of its
+    own (its manifest's); None clears the override. Not a traffic change: no
+    request moves, so no new canary period begins (traffic_since) and a rollback
+    skips it. `version` must be loaded (`loaded`, as for set_shadow and promote)."""
+    who = f"{name} version {version}" if name else f"version {version}"
+    if threshold is not None:
+        check_threshold(threshold)
+    if version not in loaded:
+        raise Conflict(f"{who} is not loaded; load it first")
+    overrides = dict(cur.thresholds)
+    if threshold is None:
+        overrides.pop(version, None)
+    else:
+        overrides[version] = float(threshold)
+    return _next(
+        cur,
+        "set_threshold",
+        actor,
+        reason,
+        at,
+        loaded=loaded,
+        undo_from=cur.undo_from,
+        thresholds=overrides.items(),
     )
 
 

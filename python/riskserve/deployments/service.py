@@ -1,5 +1,5 @@
 """The admin commands on deployments: load, unload, remove, split, shadow, promote,
-rollback, and the V2 repository extension's load-and-promote.
+rollback, threshold overrides, and the V2 repository extension's load-and-promote.
 
 Every change follows one path: this process's lock, then the file lock shared with
 every other process (riskserve.deployments.store), then adopting what they wrote,
@@ -28,6 +28,7 @@ from riskserve.errors import Conflict, IntegrityError, NotFound, RiskserveError,
 from riskserve.registry import ModelRepository, VersionRef
 from riskserve.routing import Deployment, RoutingTable, Variant
 from riskserve.runtime import LoadedModel
+from riskserve.runtime.loaded import LEGACY_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class VersionStatus:
     sha256: str = ""
     platform: str = ""
     reason: str = ""
+    #: The version's own operating threshold (its manifest's); None when refused.
+    threshold: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +132,19 @@ class DeploymentService:
 
     def loaded_status(self, name: str, version: int) -> VersionStatus:
         m = self.model(name, version)
-        return VersionStatus(version, VersionState.LOADED, m.manifest.model_sha256, m.platform)
+        return VersionStatus(
+            version,
+            VersionState.LOADED,
+            m.manifest.model_sha256,
+            m.platform,
+            threshold=m.threshold,
+        )
+
+    def own_thresholds(self, name: str) -> dict[int, float]:
+        """Each loaded version's own operating threshold (its manifest's, before
+        any override of the deployment's); empty when the model is not served."""
+        st = self._states.get(name)
+        return {} if st is None else {v: m.threshold for v, m in st.models.items()}
 
     def list_models(self) -> list[ModelStatus]:
         """Every model in the registry or served, each version LOADED, AVAILABLE
@@ -160,6 +175,9 @@ class DeploymentService:
                         manifest.model_sha256,
                         manifest.model_format,
                         reason=why or "",
+                        threshold=(
+                            LEGACY_THRESHOLD if manifest.threshold is None else manifest.threshold
+                        ),
                     )
                 )
             out.append(ModelStatus(name, tuple(versions)))
@@ -408,6 +426,24 @@ class DeploymentService:
             rev = h.promote(name, st.current, st.models, version, actor, reason, h.now())
             return await self._commit(st, rev)
 
+    async def set_threshold(
+        self, model: str, version: int, threshold: float | None, actor: str, reason: str
+    ) -> Revision:
+        """`version` of `model` serves with operating threshold `threshold` instead
+        of its manifest's; None clears the override. Not a traffic change (no new
+        canary period). The version must be loaded: NotFound when the registry has
+        no such version, Conflict when it is not loaded."""
+        if threshold is not None:
+            h.check_threshold(threshold)
+        async with self._change(model):
+            st = self.state(model)
+            if version not in st.models:
+                self.repo.version(model, version)  # NotFound when the registry lacks it
+            rev = h.set_threshold(
+                st.current, version, threshold, actor, reason, h.now(), st.models, name=model
+            )
+            return await self._commit(st, rev)
+
     async def load_and_promote(self, name: str, version: int | None, actor: str) -> Revision:
         """The V2 repository extension's RepositoryModelLoad: loads a version (default
         the newest in the registry) and sends it all traffic."""
@@ -474,6 +510,7 @@ class DeploymentService:
                 "action": rev.action,
                 "variants": [list(v) for v in rev.variants],
                 "shadow": rev.shadow_version,
+                "thresholds": [list(t) for t in rev.thresholds],
                 "actor": rev.actor,
                 "reason": rev.reason,
             },
@@ -576,5 +613,6 @@ class DeploymentService:
                 traffic_since=h.traffic_since(st.history),
                 shadow_version=cur.shadow_version,
                 shadow_percent=cur.shadow_percent,
+                thresholds=MappingProxyType({v: t for v, t in cur.thresholds if v in st.models}),
             )
         return RoutingTable(MappingProxyType(deps))

@@ -261,11 +261,15 @@ def run_metrics_process(
     port: int,
     ready: Callable[[int], None],
     stopping: Callable[[float], bool],
+    extra: Callable[[Callable[[], list[ModelView]]], tuple[Collector, Callable[[], None]]]
+    | None = None,
 ) -> None:
     """The metrics process: serves /metrics on host:port for the whole fleet
     (the workers' files in `directory`, the versions' references in
     `models_dir`) and logs drift alerts on the merged counts. `ready(port)`
-    once listening; runs until `stopping(timeout)` returns True."""
+    once listening; runs until `stopping(timeout)` returns True. `extra(views)`
+    gives one more collector and a step run every check (the feedback loop's
+    outcomes: the layer above builds them)."""
     from prometheus_client import multiprocess
 
     from riskserve.monitoring.metrics import DriftAlerts, ServingCollector, serve_metrics
@@ -275,6 +279,10 @@ def run_metrics_process(
     fleet = Fleet(directory, ModelRepository(models_dir))
     registry.register(ServingCollector(fleet.views, drift.threshold, drift.bins))
     registry.register(WorkerCollector(fleet))
+    step: Callable[[], None] | None = None
+    if extra is not None:
+        collector, step = extra(fleet.views)
+        registry.register(collector)
     httpd = serve_metrics(port, host, registry, security)
     ready(int(httpd.server_port))
     alerts = DriftAlerts(fleet.views, drift.threshold)
@@ -283,6 +291,11 @@ def run_metrics_process(
             alerts.check()
         except Exception:
             log.exception("drift check failed")
+        if step is not None:
+            try:
+                step()
+            except Exception:
+                log.exception("metrics step failed")
     httpd.shutdown()
 
 

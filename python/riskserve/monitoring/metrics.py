@@ -111,6 +111,25 @@ class Metrics:
             buckets=(1e-6, 1e-4, 1e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
             registry=registry,
         )
+        # The feedback loop: every series exists from the start at 0, so a PromQL
+        # rate or sum over them never silently misses one.
+        self.log_rows = Counter(
+            "riskserve_prediction_log_rows",
+            "Prediction-log rows by result: written (committed), dropped (the queue was "
+            "full, or rows left at exit), failed (the store refused them).",
+            ["result"],
+            registry=registry,
+        )
+        self.labels_in = Counter(
+            "riskserve_labels",
+            "Labels received by result (accepted, duplicate, revised, pending, rejected).",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("written", "dropped", "failed"):
+            self.log_rows.labels(result)
+        for result in ("accepted", "duplicate", "revised", "pending", "rejected"):
+            self.labels_in.labels(result)
         self._ok: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
 
     def observe_ok(self, model: str, version: str, variant: str, seconds: float, rows: int) -> None:

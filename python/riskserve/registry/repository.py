@@ -48,6 +48,9 @@ class Manifest:
     model_format: str  # "lightgbm" | "onnx"
     files: dict[str, str]
     raw: dict[str, Any]
+    #: The operating threshold chosen at training (`operating_point.threshold`);
+    #: None for versions trained before thresholds were recorded.
+    threshold: float | None = None
 
     @property
     def model_sha256(self) -> str:
@@ -78,7 +81,26 @@ class Manifest:
             isinstance(k, str) and isinstance(v, str) for k, v in files.items()
         ):
             raise bad("files", "must map file names to sha256 strings")
-        return cls(name=name, version=version, model_format=fmt, files=dict(files), raw=data)
+        threshold = None
+        if "operating_point" in data:
+            point = data["operating_point"]
+            if not isinstance(point, dict):
+                raise bad("operating_point", f"must be an object, got {type(point).__name__}")
+            t = point.get("threshold")
+            # NaN and ±inf (which json.loads accepts) fail the range check too.
+            if not isinstance(t, int | float) or isinstance(t, bool) or not 0.0 <= t <= 1.0:
+                raise bad(
+                    "operating_point.threshold", f"must be a finite number in [0, 1], got {t!r}"
+                )
+            threshold = float(t)
+        return cls(
+            name=name,
+            version=version,
+            model_format=fmt,
+            files=dict(files),
+            raw=data,
+            threshold=threshold,
+        )
 
 
 @dataclasses.dataclass(frozen=True)

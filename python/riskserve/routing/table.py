@@ -1,6 +1,7 @@
 """The routing table: an immutable snapshot mapping model names to deployments
-(loaded versions, traffic split, shadow). It is replaced as a whole, never
-mutated, so a request that resolved a version keeps it for its whole life.
+(loaded versions, traffic split, shadow, threshold overrides). It is replaced as
+a whole, never mutated, so a request that resolved a version keeps it (and its
+threshold) for its whole life.
 
 Assignment (docs/architecture.md): bucket = murmur3_x86_32(salt + routing_key) mod 10,000;
 variants own contiguous bucket ranges in version order, sized by their weights.
@@ -11,12 +12,15 @@ old and the new boundary."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from riskserve._native import murmur3_32
 from riskserve.errors import NotFound
 from riskserve.runtime import LoadedModel
+from riskserve.runtime.loaded import LEGACY_THRESHOLD
 
 BUCKETS = 10_000
 
@@ -44,6 +48,13 @@ class Routed:
     split: bool = False
     #: Revision at which the current split began (the canary guard's period).
     traffic_since: int = 0
+    #: The served version's effective operating threshold (a score >= it is flagged).
+    threshold: float = LEGACY_THRESHOLD
+    #: The shadow's effective threshold; 0.0 when there is no shadow.
+    shadow_threshold: float = 0.0
+
+
+_NO_OVERRIDES: Mapping[int, float] = MappingProxyType({})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +71,8 @@ class Deployment:
     shadow_percent: float = 0.0
     #: Revision at which the current traffic split began (0: this revision).
     traffic_since: int = 0
+    #: Operating thresholds set for this deployment, overriding the versions' own.
+    thresholds: Mapping[int, float] = dataclasses.field(default_factory=lambda: _NO_OVERRIDES)
     _ranges: tuple[tuple[int, int], ...] = dataclasses.field(default=(), repr=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +83,11 @@ class Deployment:
         for v in variants:
             if v.version not in self.versions:
                 raise ValueError(f"{self.name}: variant version {v.version} is not loaded")
+        for version, t in self.thresholds.items():
+            if version not in self.versions:
+                raise ValueError(f"{self.name}: threshold of version {version}, not loaded")
+            if not (math.isfinite(t) and 0.0 <= t <= 1.0):
+                raise ValueError(f"{self.name}: threshold of version {version} is {t}")
         upper, ranges = 0, []
         for v in variants:
             if v.weight > 0:
@@ -81,6 +99,12 @@ class Deployment:
     @property
     def live_model(self) -> LoadedModel:
         return self.versions[self.live]
+
+    def threshold_of(self, version: int) -> float:
+        """The operating threshold `version` serves with: this deployment's override,
+        else the version's own (its manifest's). KeyError if it is not loaded."""
+        t = self.thresholds.get(version)
+        return self.versions[version].threshold if t is None else t
 
     def assign(self, key: str | None) -> int:
         """The version for a routing key (None → uniformly at random)."""
@@ -114,28 +138,42 @@ class RoutingTable:
         dep = self.deployment(name)
         if not version:
             return dep.live_model
-        return _explicit(dep, version)
+        return dep.versions[_explicit(dep, version)]
 
     def route(self, name: str, version: str = "", key: str | None = None) -> Routed:
         """Routes one request: an explicit version bypasses the split."""
         dep = self.deployment(name)
         if version:
-            return Routed(_explicit(dep, version), "explicit", dep.revision)
+            ev = _explicit(dep, version)
+            return Routed(
+                dep.versions[ev], "explicit", dep.revision, threshold=dep.threshold_of(ev)
+            )
         v = dep.assign(key)
-        shadow = None
-        if dep.wants_shadow(key) and dep.shadow_version != v:
-            shadow = dep.versions.get(dep.shadow_version or -1)
+        shadow, shadow_threshold = None, 0.0
+        if dep.wants_shadow(key) and dep.shadow_version is not None and dep.shadow_version != v:
+            shadow = dep.versions.get(dep.shadow_version)
+            if shadow is not None:
+                shadow_threshold = dep.threshold_of(dep.shadow_version)
         split = len(dep._ranges) > 1
         since = dep.traffic_since or dep.revision
-        return Routed(dep.versions[v], f"v{v}", dep.revision, shadow, split, since)
+        return Routed(
+            dep.versions[v],
+            f"v{v}",
+            dep.revision,
+            shadow,
+            split,
+            since,
+            threshold=dep.threshold_of(v),
+            shadow_threshold=shadow_threshold,
+        )
 
 
-def _explicit(dep: Deployment, version: str) -> LoadedModel:
+def _explicit(dep: Deployment, version: str) -> int:
+    """The explicitly requested version, which must be loaded."""
     try:
         v = int(version)
     except ValueError:
         raise NotFound(f"model {dep.name!r} has no version {version!r}") from None
-    model = dep.versions.get(v)
-    if model is None:
+    if v not in dep.versions:
         raise NotFound(f"model {dep.name!r} version {version} is not loaded")
-    return model
+    return v

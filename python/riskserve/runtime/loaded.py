@@ -23,6 +23,10 @@ from riskserve.protocol import V2_DATATYPE
 from riskserve.registry import Manifest, ModelRepository, VersionRef
 from riskserve.runtime.runtimes import LightGBMRuntime, ModelRuntime, OnnxRuntime, Scores
 
+#: The operating threshold of versions trained before the threshold was chosen at
+#: training and recorded in the manifest (no `operating_point` in it).
+LEGACY_THRESHOLD = 0.5
+
 
 @dataclasses.dataclass(frozen=True)
 class InputInfo:
@@ -61,6 +65,15 @@ class LoadedModel:
     @property
     def platform(self) -> str:
         return self.runtime.platform
+
+    @property
+    def threshold(self) -> float:
+        """The version's own operating threshold (a score >= it is flagged): the
+        manifest's `operating_point.threshold` (checked to be in [0, 1] when the
+        manifest was parsed), or LEGACY_THRESHOLD for a version trained before it
+        was recorded. A deployment may override it (routing.Deployment.threshold_of)."""
+        t = self.manifest.threshold
+        return LEGACY_THRESHOLD if t is None else t
 
     @functools.cached_property
     def input_index(self) -> Mapping[str, InputInfo]:

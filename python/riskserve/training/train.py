@@ -1,12 +1,22 @@
 """The training pipeline: read data, fit the spec with the Rust pipeline, build the
 training matrix with that same pipeline, train LightGBM (seeded, deterministic),
-evaluate on a holdout, and register a new version with its provenance."""
+choose the operating threshold and evaluate at it on a holdout, and register a new
+version with its provenance.
+
+The operating point (manifest `operating_point`) is chosen on the holdout's scores
+as the version's runtime serves them (float32): an explicit threshold, an alert
+rate (the share of transactions flagged) or a target precision; by default the
+alert rate that is twice the training rows' positive rate, within
+[0.001, 0.2]. A chosen threshold is one of those float32 scores, so the served
+decision `score >= threshold` flags exactly the holdout rows counted here,
+whether it is compared in float32 or float64."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import json
+import math
 import platform
 import re
 import subprocess
@@ -56,8 +66,17 @@ class TrainConfig:
     model_format: str = "lightgbm"  # or "onnx"
     rounds: int = 300
     holdout: float = 0.2
-    threshold: float = 0.5
+    #: The operating point: at most one of these (none: DEFAULT_ALERT_MULTIPLE).
+    #: An explicit operating threshold in [0, 1].
+    threshold: float | None = None
+    #: Flag this share of transactions, in (0, 1).
+    alert_rate: float | None = None
+    #: The lowest threshold whose holdout precision reaches this, in (0, 1].
+    target_precision: float | None = None
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_operating_target(self.threshold, self.alert_rate, self.target_precision)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +84,127 @@ class TrainResult:
     ref: VersionRef
     metrics: dict[str, float]
     model_sha256: str
+    #: The manifest's `operating_point`.
+    operating_point: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+#: With no operating target given, flag this multiple of the training rows'
+#: positive rate (room for every fraud and as many false alerts), ...
+DEFAULT_ALERT_MULTIPLE = 2.0
+#: ... kept within these bounds.
+DEFAULT_ALERT_RATE_RANGE = (0.001, 0.2)
+
+
+def check_operating_target(
+    threshold: float | None, alert_rate: float | None, target_precision: float | None
+) -> None:
+    """ValueError unless at most one target is given and it is in its range."""
+    given = [
+        flag
+        for flag, value in (
+            ("--threshold", threshold),
+            ("--alert-rate", alert_rate),
+            ("--target-precision", target_precision),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ValueError(f"give at most one of {', '.join(given)}")
+    if threshold is not None and not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"--threshold must be a number in [0, 1], got {threshold}")
+    if alert_rate is not None and not 0.0 < alert_rate < 1.0:
+        raise ValueError(f"--alert-rate must be in (0, 1) (exclusive), got {alert_rate}")
+    if target_precision is not None and not 0.0 < target_precision <= 1.0:
+        raise ValueError(f"--target-precision must be in (0, 1], got {target_precision}")
+
+
+def default_alert_rate(positive_rate: float) -> float:
+    lo, hi = DEFAULT_ALERT_RATE_RANGE
+    return min(max(DEFAULT_ALERT_MULTIPLE * positive_rate, lo), hi)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Curve:
+    """Every distinct score, highest first, with the rows `score >= it` flags."""
+
+    values: npt.NDArray[np.float64]
+    flagged: npt.NDArray[np.int64]
+    true_pos: npt.NDArray[np.int64]
+
+    @classmethod
+    def of(cls, y: npt.NDArray[Any], scores: npt.NDArray[np.float64]) -> _Curve:
+        values, inverse = np.unique(scores, return_inverse=True)  # ascending
+        counts = np.bincount(inverse, minlength=len(values))
+        pos = np.bincount(inverse, weights=(y == 1).astype(np.float64), minlength=len(values))
+        return cls(
+            values[::-1].astype(np.float64),
+            np.cumsum(counts[::-1]).astype(np.int64),
+            np.cumsum(pos[::-1]).astype(np.int64),
+        )
+
+
+def threshold_for_alert_rate(scores: npt.NDArray[np.float64], rate: float) -> float:
+    """The lowest score whose `score >= it` flags at most `rate` of the rows (the
+    highest score when ties at the top already flag more)."""
+    curve = _Curve.of(np.zeros(len(scores)), scores)
+    budget = math.floor(rate * len(scores) + 1e-9)
+    i = int(np.searchsorted(curve.flagged, budget, side="right")) - 1
+    return float(curve.values[max(i, 0)])
+
+
+def threshold_for_precision(
+    y: npt.NDArray[Any], scores: npt.NDArray[np.float64], precision: float
+) -> float:
+    """The lowest score (the most recall) whose `score >= it` has at least
+    `precision`; ValueError naming the best precision reachable when none has."""
+    curve = _Curve.of(y, scores)
+    prec = curve.true_pos / curve.flagged
+    ok = np.flatnonzero(prec >= precision - 1e-12)
+    if len(ok) == 0:
+        best = int(np.flatnonzero(prec == prec.max())[-1])  # of the best, the most recall
+        raise ValueError(
+            f"no threshold reaches precision {precision:g} on the holdout ({len(y)} rows, "
+            f"{int((y == 1).sum())} positive): the best reachable is {prec[best]:.4f} "
+            f"(threshold {curve.values[best]:.6g}, flagging {curve.flagged[best]} rows)"
+        )
+    return float(curve.values[ok[-1]])
+
+
+def operating_point(
+    y: npt.NDArray[Any],
+    scores: npt.NDArray[np.float64],
+    *,
+    positive_rate: float,
+    threshold: float | None = None,
+    alert_rate: float | None = None,
+    target_precision: float | None = None,
+) -> dict[str, Any]:
+    """The manifest's `operating_point`, chosen on the holdout labels `y` and the
+    holdout `scores` as served (float32 values); `positive_rate` (of the training
+    rows) sets the default alert rate."""
+    check_operating_target(threshold, alert_rate, target_precision)
+    if len(y) == 0:
+        raise ValueError("the holdout is empty: no operating threshold can be chosen")
+    target: float | None
+    if threshold is not None:
+        chosen_for, target, t = "explicit", None, float(threshold)
+    elif target_precision is not None:
+        chosen_for, target = "precision", float(target_precision)
+        t = threshold_for_precision(y, scores, target)
+    else:
+        chosen_for = "alert_rate"
+        target = float(alert_rate) if alert_rate is not None else default_alert_rate(positive_rate)
+        t = threshold_for_alert_rate(scores, target)
+    flagged = scores >= t
+    tp = int((flagged & (y == 1)).sum())
+    return {
+        "threshold": t,
+        "chosen_for": chosen_for,
+        "target": target,
+        "holdout_alert_rate": float(flagged.mean()),
+        "holdout_precision": tp / max(1, int(flagged.sum())),
+        "holdout_recall": tp / max(1, int((y == 1).sum())),
+    }
 
 
 def columns_of(table: pa.Table, names: list[str]) -> dict[str, Any]:
@@ -126,6 +266,7 @@ def evaluate(y: npt.NDArray[Any], p: npt.NDArray[Any], threshold: float) -> dict
     return {
         "auc": auc(y, p),
         "threshold": threshold,
+        "alert_rate": float(flagged.mean()),
         "precision": tp / max(1, int(flagged.sum())),
         "recall": tp / max(1, int((y == 1).sum())),
         "precision_at_1pct": float(y[top].mean()),
@@ -189,6 +330,20 @@ def to_onnx(booster: Any, n_features: int) -> bytes:
     return bytes(onx.SerializeToString())
 
 
+def served_scores(files: dict[str, bytes], model_format: str, x: Any) -> npt.NDArray[np.float64]:
+    """The scores of rows `x` as the version's runtime serves them (float32),
+    widened exactly to float64."""
+    from riskserve.runtime.runtimes import LightGBMRuntime, ModelRuntime, OnnxRuntime
+
+    n = int(x.shape[1])
+    runtime: ModelRuntime
+    if model_format == "onnx":
+        runtime = OnnxRuntime(files["model.onnx"], n)
+    else:
+        runtime = LightGBMRuntime(files["model.txt"], n)
+    return np.asarray(runtime.predict(x), dtype=np.float32).astype(np.float64)
+
+
 def train(cfg: TrainConfig, progress: Progress = lambda _m: None) -> TrainResult:
     import lightgbm
 
@@ -238,23 +393,36 @@ def train(cfg: TrainConfig, progress: Progress = lambda _m: None) -> TrainResult
             progress(f"boosting round {env.iteration + 1}/{cfg.rounds}")
 
     booster = lightgbm.train(params, dtrain, num_boost_round=cfg.rounds, callbacks=[report])
-    model_txt = booster.model_to_string().encode()
-    p_hold = booster.predict(x_hold)
-    metrics = evaluate(y[hold_idx], np.asarray(p_hold), cfg.threshold)
-    progress(
-        f"holdout AUC {metrics['auc']:.4f}, precision {metrics['precision']:.3f} / recall "
-        f"{metrics['recall']:.3f} at threshold {cfg.threshold}"
-    )
-
-    progress("fitting drift reference bins (training inputs, holdout scores)")
-    # Served scores are float32: fit the score bins on the same rounding, or
-    # scores tied at an edge land in a bin the reference calls empty.
-    served_scores = np.asarray(p_hold, dtype=np.float32).astype(np.float64)
-    spec_json = fit_reference(spec_json, columns_of(train_tab, names), served_scores)
-    files: dict[str, bytes] = {"model.txt": model_txt, "features.json": spec_json.encode()}
+    files: dict[str, bytes] = {"model.txt": booster.model_to_string().encode()}
     if cfg.model_format == "onnx":
         progress("converting to ONNX")
         files["model.onnx"] = to_onnx(booster, pipeline.n_features)
+    # Served scores are float32 (and, for ONNX, ONNX Runtime's): the threshold,
+    # the metrics and the score bins are all taken on the scores as served, or
+    # scores tied at a threshold or an edge land on the other side of it.
+    scores = served_scores(files, cfg.model_format, x_hold)
+    y_hold = y[hold_idx]
+    point = operating_point(
+        y_hold,
+        scores,
+        positive_rate=float(y[train_idx].mean()),
+        threshold=cfg.threshold,
+        alert_rate=cfg.alert_rate,
+        target_precision=cfg.target_precision,
+    )
+    t = point["threshold"]
+    target = "" if point["target"] is None else f" {point['target']:g}"
+    progress(
+        f"operating threshold {t:.6g} ({point['chosen_for']}{target}): holdout alert rate "
+        f"{point['holdout_alert_rate']:.4f}, precision {point['holdout_precision']:.3f}, "
+        f"recall {point['holdout_recall']:.3f}"
+    )
+    metrics = evaluate(y_hold, scores, t)
+    progress(f"holdout AUC {metrics['auc']:.4f}")
+
+    progress("fitting drift reference bins (training inputs, holdout scores)")
+    spec_json = fit_reference(spec_json, columns_of(train_tab, names), scores)
+    files["features.json"] = spec_json.encode()
 
     manifest = {
         "model_format": cfg.model_format,
@@ -272,6 +440,7 @@ def train(cfg: TrainConfig, progress: Progress = lambda _m: None) -> TrainResult
         "spec_source": spec_source,
         "feature_names": list(pipeline.feature_names),
         "hyperparameters": {**params, "num_boost_round": cfg.rounds, "holdout": cfg.holdout},
+        "operating_point": point,
         "metrics": metrics,
         "libraries": library_versions(),
         "code_revision": code_revision(),
@@ -282,4 +451,4 @@ def train(cfg: TrainConfig, progress: Progress = lambda _m: None) -> TrainResult
     progress(
         f"registered {cfg.model} version {ref.version} at {ref.path} (model sha256 {sha[:16]}…)"
     )
-    return TrainResult(ref=ref, metrics=metrics, model_sha256=sha)
+    return TrainResult(ref=ref, metrics=metrics, model_sha256=sha, operating_point=point)

@@ -6,6 +6,8 @@ actor are written into deployment.json and the log."""
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -35,7 +37,25 @@ def actor_of(context: grpc.aio.ServicerContext, bounds: Bounds) -> str:
     return name
 
 
-def deployment_pb(name: str, rev: Revision) -> pb.Deployment:
+def thresholds_pb(rev: Revision, own: Mapping[int, float]) -> list[pb.Threshold]:
+    """The threshold of each version of `rev` whose own threshold is known (`own`:
+    the versions loaded now), and of each override (in a History entry, of a
+    version since unloaded: without its manifest threshold)."""
+    overrides = dict(rev.thresholds)
+    known = {v: own[v] for v in rev.loaded if v in own}
+    return [
+        pb.Threshold(
+            version=v,
+            threshold=overrides[v] if v in overrides else known[v],
+            overridden=v in overrides,
+            manifest_threshold=own.get(v),  # None: unset
+        )
+        for v in sorted(known.keys() | overrides.keys())
+    ]
+
+
+def deployment_pb(name: str, rev: Revision, own: Mapping[int, float]) -> pb.Deployment:
+    """`rev` of model `name`; `own` holds the loaded versions' own thresholds."""
     return pb.Deployment(
         model=name,
         revision=rev.revision,
@@ -46,6 +66,7 @@ def deployment_pb(name: str, rev: Revision) -> pb.Deployment:
         updated_at=rev.updated_at,
         actor=rev.actor,
         reason=rev.reason,
+        thresholds=thresholds_pb(rev, own),
     )
 
 
@@ -56,6 +77,7 @@ def version_pb(v: VersionStatus) -> pb.VersionInfo:
         sha256=v.sha256,
         platform=v.platform,
         reason=v.reason,
+        threshold=v.threshold or 0.0,
     )
 
 
@@ -71,6 +93,9 @@ class AdminServicer(pb_grpc.ModelAdminServicer):  # type: ignore[misc]
         if not name:
             raise InvalidInput("field 'model' is required")
         return self.bounds.name("field 'model'", name)
+
+    def _deployment(self, name: str, rev: Revision) -> pb.Deployment:
+        return deployment_pb(name, rev, self.m.own_thresholds(name))
 
     def _change(self, request: Any, context: Any) -> tuple[str, str, str]:
         """A change request's model, its caller and reason, bounded."""
@@ -94,43 +119,58 @@ class AdminServicer(pb_grpc.ModelAdminServicer):  # type: ignore[misc]
             raise InvalidInput("field 'version' must be >= 1")
         rev = await self.m.load(name, request.version, actor, reason)
         info = version_pb(self.m.loaded_status(name, request.version))
-        return pb.LoadVersionResponse(version=info, deployment=deployment_pb(name, rev))
+        return pb.LoadVersionResponse(version=info, deployment=self._deployment(name, rev))
 
     async def UnloadVersion(self, request: Any, context: Any) -> pb.UnloadVersionResponse:
         name, actor, reason = self._change(request, context)
         rev = await self.m.unload(name, request.version, actor, reason)
-        return pb.UnloadVersionResponse(deployment=deployment_pb(name, rev))
+        return pb.UnloadVersionResponse(deployment=self._deployment(name, rev))
 
     async def GetDeployment(self, request: Any, context: Any) -> pb.Deployment:
         name = self._model(request.model)
         await self.m.refresh()
-        return deployment_pb(name, self.m.current(name))
+        return self._deployment(name, self.m.current(name))
 
     async def SetTraffic(self, request: Any, context: Any) -> pb.Deployment:
         name, actor, reason = self._change(request, context)
         salt = self.bounds.name("field 'salt'", request.salt)
         variants = [(v.version, v.weight) for v in request.variants]
         rev = await self.m.set_traffic(name, variants, salt, actor, reason)
-        return deployment_pb(name, rev)
+        return self._deployment(name, rev)
 
     async def SetShadow(self, request: Any, context: Any) -> pb.Deployment:
         name, actor, reason = self._change(request, context)
         rev = await self.m.set_shadow(name, request.version, request.sample_percent, actor, reason)
-        return deployment_pb(name, rev)
+        return self._deployment(name, rev)
 
     async def Promote(self, request: Any, context: Any) -> pb.Deployment:
         name, actor, reason = self._change(request, context)
         rev = await self.m.promote(name, request.version, actor, reason)
-        return deployment_pb(name, rev)
+        return self._deployment(name, rev)
 
     async def Rollback(self, request: Any, context: Any) -> pb.Deployment:
         name, actor, reason = self._change(request, context)
         rev = await self.m.rollback(name, actor, reason)
         self.metrics.rollbacks.labels(name, "manual").inc()
-        return deployment_pb(name, rev)
+        return self._deployment(name, rev)
+
+    async def SetThreshold(self, request: Any, context: Any) -> pb.Deployment:
+        name, actor, reason = self._change(request, context)
+        if request.version <= 0:
+            raise InvalidInput("field 'version' must be >= 1")
+        threshold: float | None = None
+        if not request.clear:
+            threshold = request.threshold
+            if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+                raise InvalidInput(
+                    f"field 'threshold' must be a finite number in [0, 1], got {threshold}"
+                )
+        rev = await self.m.set_threshold(name, request.version, threshold, actor, reason)
+        return self._deployment(name, rev)
 
     async def History(self, request: Any, context: Any) -> pb.HistoryResponse:
         name = self._model(request.model)
         await self.m.refresh()
         revs = self.m.history(name, request.limit)
-        return pb.HistoryResponse(revisions=[deployment_pb(name, r) for r in revs])
+        own = self.m.own_thresholds(name)
+        return pb.HistoryResponse(revisions=[deployment_pb(name, r, own) for r in revs])

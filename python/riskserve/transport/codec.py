@@ -24,7 +24,7 @@ from riskserve.config import LimitsSettings, setting
 from riskserve.dataplane import InferInput, InferRequest, InferResult, TensorData, shown
 from riskserve.errors import InvalidInput
 from riskserve.pb.inference import grpc_service_pb2 as pb
-from riskserve.protocol import CONTENTS_FIELD, NUMPY_DTYPE, OUTPUT_NAME
+from riskserve.protocol import CONTENTS_FIELD, FLAGGED_NAME, NUMPY_DTYPE, OUTPUT_NAME
 
 if TYPE_CHECKING:
     from riskserve._native import _WireRequest
@@ -35,6 +35,9 @@ MAX_DIMS = 8
 
 _OUTPUT_TENSOR = pb.ModelInferResponse.InferOutputTensor(
     name=OUTPUT_NAME, datatype="FP32", shape=[0]
+)
+_FLAGGED_TENSOR = pb.ModelInferResponse.InferOutputTensor(
+    name=FLAGGED_NAME, datatype="BOOL", shape=[0]
 )
 _FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 _NAME = operator.itemgetter(0)  # InferInput.name
@@ -391,16 +394,27 @@ def _decode_contents(name: str, datatype: str, contents: pb.InferTensorContents)
 
 
 def encode_response(result: InferResult) -> pb.ModelInferResponse:
+    """The reply: the outputs the client asked for, in its order (probability
+    alone by default), as raw little-endian contents."""
     probs = result.probability
-    out = pb.ModelInferResponse.InferOutputTensor()
-    out.CopyFrom(_OUTPUT_TENSOR)
-    out.shape[0] = len(probs)
+    outputs, raw = [], []
+    for name in result.outputs:
+        out = pb.ModelInferResponse.InferOutputTensor()
+        if name == OUTPUT_NAME:
+            out.CopyFrom(_OUTPUT_TENSOR)
+            raw.append(probs.astype("<f4", copy=False).tobytes())
+        else:
+            assert result.flagged is not None
+            out.CopyFrom(_FLAGGED_TENSOR)
+            raw.append(result.flagged.astype(np.bool_, copy=False).tobytes())
+        out.shape[0] = len(probs)
+        outputs.append(out)
     resp = pb.ModelInferResponse(
         model_name=result.model_name,
         model_version=result.model_version,
         id=result.id,
-        outputs=[out],
-        raw_output_contents=[probs.astype("<f4", copy=False).tobytes()],
+        outputs=outputs,
+        raw_output_contents=raw,
     )
     for k, v in result.parameters.items():
         resp.parameters[k].string_param = v

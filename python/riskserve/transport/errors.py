@@ -185,11 +185,15 @@ class Registrar:
 
     def _wrap(self, method: str, h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         admin = is_admin(method)
-        if h.stream_stream is not None and not admin:
+        if h.stream_stream is not None:
             # A stream decodes (and answers) each message itself: one bad
-            # message must not end the stream.
+            # message must not end an inference stream. A credentialed stream
+            # checks the caller before it reads the first message.
+            stream = h.stream_stream
+            if admin:
+                stream = self._auth.guard_stream(method, stream)
             return grpc.stream_stream_rpc_method_handler(
-                h.stream_stream,
+                stream,
                 request_deserializer=None,
                 response_serializer=h.response_serializer,
             )

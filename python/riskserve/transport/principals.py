@@ -133,15 +133,27 @@ def parse(data: Any, where: str = "principals file") -> _Table:
 
 class Principals:
     """The principals in force: from a file (reloaded on change), and/or the single
-    legacy admin token (RISKSERVE_ADMIN_TOKEN), which is the principal "admin"."""
+    tokens of the settings: RISKSERVE_ADMIN_TOKEN is the principal "admin" (roles
+    admin, reader), RISKSERVE_FEEDBACK_TOKEN the principal "feedback" (role
+    feedback: it sends labels and reads outcomes, nothing else)."""
 
-    def __init__(self, path: Path | None = None, admin_token: bytes | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | None = None,
+        admin_token: bytes | None = None,
+        feedback_token: bytes | None = None,
+    ) -> None:
         self._path = path
-        self._legacy = (
-            None
-            if admin_token is None
-            else (hashlib.sha256(admin_token).digest(), Principal("admin", frozenset(Role)))
-        )
+        legacy: list[tuple[bytes, Principal]] = []
+        if admin_token is not None:
+            admin = Principal("admin", frozenset({Role.ADMIN, Role.READER}))
+            legacy.append((hashlib.sha256(admin_token).digest(), admin))
+        if feedback_token is not None:
+            if feedback_token == admin_token:
+                raise PrincipalsError("the feedback token must differ from the admin token")
+            feedback = Principal("feedback", frozenset({Role.FEEDBACK}))
+            legacy.append((hashlib.sha256(feedback_token).digest(), feedback))
+        self._legacy = tuple(legacy)
         self._lock = threading.Lock()
         self._mtime: int | None = None
         self._checked = 0.0
@@ -155,7 +167,7 @@ class Principals:
         """Whether any credential could ever be accepted."""
         self._maybe_reload()
         t = self._table
-        return self._legacy is not None or bool(t.by_token) or bool(t.by_cert)
+        return bool(self._legacy) or bool(t.by_token) or bool(t.by_cert)
 
     @staticmethod
     def _read(path: Path) -> _Table:
@@ -207,8 +219,8 @@ class Principals:
         digest = hashlib.sha256(token).digest()
         found = None
         candidates: Iterable[tuple[bytes, Principal]] = self._table.by_token.items()
-        if self._legacy is not None:
-            candidates = [*candidates, self._legacy]
+        if self._legacy:
+            candidates = [*candidates, *self._legacy]
         for key, p in candidates:  # every entry compared: no early exit on a match
             if hmac.compare_digest(key, digest):
                 found = p

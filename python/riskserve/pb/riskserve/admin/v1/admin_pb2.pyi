@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VersionInfo(_message.Message):
-    __slots__ = ("version", "state", "sha256", "platform", "reason")
+    __slots__ = ("version", "state", "sha256", "platform", "reason", "threshold")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     version: int
     state: str
     sha256: str
     platform: str
     reason: str
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., sha256: _Optional[str] = ..., platform: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    threshold: float
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., sha256: _Optional[str] = ..., platform: _Optional[str] = ..., reason: _Optional[str] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "versions")
@@ -88,8 +90,20 @@ class Shadow(_message.Message):
     sample_percent: float
     def __init__(self, version: _Optional[int] = ..., sample_percent: _Optional[float] = ...) -> None: ...
 
+class Threshold(_message.Message):
+    __slots__ = ("version", "threshold", "overridden", "manifest_threshold")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDDEN_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    threshold: float
+    overridden: bool
+    manifest_threshold: float
+    def __init__(self, version: _Optional[int] = ..., threshold: _Optional[float] = ..., overridden: _Optional[bool] = ..., manifest_threshold: _Optional[float] = ...) -> None: ...
+
 class Deployment(_message.Message):
-    __slots__ = ("model", "revision", "variants", "salt", "shadow", "loaded_versions", "updated_at", "actor", "reason")
+    __slots__ = ("model", "revision", "variants", "salt", "shadow", "loaded_versions", "updated_at", "actor", "reason", "thresholds")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +113,7 @@ class Deployment(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     revision: int
     variants: _containers.RepeatedCompositeFieldContainer[Variant]
@@ -108,7 +123,8 @@ class Deployment(_message.Message):
     updated_at: str
     actor: str
     reason: str
-    def __init__(self, model: _Optional[str] = ..., revision: _Optional[int] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., salt: _Optional[str] = ..., shadow: _Optional[_Union[Shadow, _Mapping]] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., updated_at: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    thresholds: _containers.RepeatedCompositeFieldContainer[Threshold]
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[int] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., salt: _Optional[str] = ..., shadow: _Optional[_Union[Shadow, _Mapping]] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., updated_at: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., thresholds: _Optional[_Iterable[_Union[Threshold, _Mapping]]] = ...) -> None: ...
 
 class GetDeploymentRequest(_message.Message):
     __slots__ = ("model",)
@@ -157,6 +173,20 @@ class RollbackRequest(_message.Message):
     model: str
     reason: str
     def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetThresholdRequest(_message.Message):
+    __slots__ = ("model", "version", "threshold", "clear", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    threshold: float
+    clear: bool
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., threshold: _Optional[float] = ..., clear: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class HistoryRequest(_message.Message):
     __slots__ = ("model", "limit")

@@ -74,6 +74,11 @@ class ModelAdminStub:
                 request_serializer=riskserve_dot_admin_dot_v1_dot_admin__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=riskserve_dot_admin_dot_v1_dot_admin__pb2.Deployment.FromString,
                 _registered_method=True)
+        self.SetThreshold = channel.unary_unary(
+                '/riskserve.admin.v1.ModelAdmin/SetThreshold',
+                request_serializer=riskserve_dot_admin_dot_v1_dot_admin__pb2.SetThresholdRequest.SerializeToString,
+                response_deserializer=riskserve_dot_admin_dot_v1_dot_admin__pb2.Deployment.FromString,
+                _registered_method=True)
         self.History = channel.unary_unary(
                 '/riskserve.admin.v1.ModelAdmin/History',
                 request_serializer=riskserve_dot_admin_dot_v1_dot_admin__pb2.HistoryRequest.SerializeToString,
@@ -140,6 +145,15 @@ class ModelAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetThreshold(self, request, context):
+        """Override a loaded version's operating threshold (chosen at training and
+        recorded in its manifest) in this deployment, or clear the override. Not a
+        traffic change: no request moves and no new canary period begins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def History(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -187,6 +201,11 @@ def add_ModelAdminServicer_to_server(servicer, server):
             'Rollback': grpc.unary_unary_rpc_method_handler(
                     servicer.Rollback,
                     request_deserializer=riskserve_dot_admin_dot_v1_dot_admin__pb2.RollbackRequest.FromString,
+                    response_serializer=riskserve_dot_admin_dot_v1_dot_admin__pb2.Deployment.SerializeToString,
+            ),
+            'SetThreshold': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetThreshold,
+                    request_deserializer=riskserve_dot_admin_dot_v1_dot_admin__pb2.SetThresholdRequest.FromString,
                     response_serializer=riskserve_dot_admin_dot_v1_dot_admin__pb2.Deployment.SerializeToString,
             ),
             'History': grpc.unary_unary_rpc_method_handler(
@@ -410,6 +429,33 @@ class ModelAdmin:
             target,
             '/riskserve.admin.v1.ModelAdmin/Rollback',
             riskserve_dot_admin_dot_v1_dot_admin__pb2.RollbackRequest.SerializeToString,
+            riskserve_dot_admin_dot_v1_dot_admin__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetThreshold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/riskserve.admin.v1.ModelAdmin/SetThreshold',
+            riskserve_dot_admin_dot_v1_dot_admin__pb2.SetThresholdRequest.SerializeToString,
             riskserve_dot_admin_dot_v1_dot_admin__pb2.Deployment.FromString,
             options,
             channel_credentials,
