@@ -10,6 +10,7 @@ API (credentials, results, bad input, pending joins, kill -9 mid-stream), the CL
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import sqlite3
@@ -29,6 +30,7 @@ from conftest import FRAUD_SPEC, V2_DATATYPE, ServerHandle, _server_env, run_cli
 from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
 from riskserve.client import build_request
+from riskserve.feedback.postgres import PostgresStore
 from riskserve.feedback.records import Outcome
 from riskserve.feedback.sqlite import SqliteStore
 from riskserve.ids import uuid7_millis
@@ -603,3 +605,59 @@ def test_labels_cli_refuses_a_file_it_cannot_read(tmp_path: Path) -> None:
     r = run_cli("labels", "send", "--server", "127.0.0.1:1", "--file", str(bad))
     assert r.returncode == 2
     assert "no column 'request_id'" in r.stderr
+
+
+def test_outcome_series_exist_from_the_start(
+    models: Path, serve: Callable[..., ServerHandle]
+) -> None:
+    """Before any label, every served variant's outcome series is on /metrics (NaN),
+    and so are the log and label counters at 0."""
+    srv = serve(models)
+    for name in ("riskserve_outcome_recall", "riskserve_outcome_false_positive_rate"):
+        assert math.isnan(srv.metric(name, model=MODEL, version="2", variant="v2"))
+    assert srv.metric("riskserve_outcome_labelled", model=MODEL, version="2", variant="v2") == 0
+    text = _metrics_text(srv)
+    for result in ("accepted", "duplicate", "revised", "pending", "rejected"):
+        assert f'riskserve_labels_total{{result="{result}"}} 0.0' in text
+    for result in ("written", "dropped", "failed"):
+        assert f'riskserve_prediction_log_rows_total{{result="{result}"}} 0.0' in text
+
+
+def _metrics_text(srv: ServerHandle) -> str:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{srv.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return str(r.read().decode())
+
+
+def test_a_postgresql_store_serves_the_same_loop(
+    models: Path, launch_server: Callable[..., ServerHandle], traffic: pa.Table
+) -> None:
+    """RISKSERVE_FEEDBACK_DSN on a real PostgreSQL 15 cluster (started here, as the
+    postgres user): two workers log, labels join, outcomes come back."""
+    from feedback.pg import PgCluster
+
+    with PgCluster.start(fsync=False) as pg:
+        settings = {"feedback_dsn": pg.dsn(tcp=True), "outcome_maturity_seconds": 0}
+        srv = launch_server(models, env=env(**settings, outcome_refresh_seconds=0.5), workers=2)
+        for i in range(40):
+            srv.stub.ModelInfer(request(traffic, i, f"pg-{i}", key=f"card-{i}"), timeout=10)
+        store = PostgresStore(pg.dsn(tcp=True))
+        try:
+            wait_for("40 rows in PostgreSQL", lambda: store.counts().predictions == 40)
+            fb = feedback(srv)
+            acks = fb.send([label(f"pg-{i}", i % 4 == 0) for i in range(40)])
+            assert {a.result for a in acks.results} == {fpb.ACCEPTED}
+            perf = fb.performance(MODEL, 0.0)
+            (v2,) = [v for v in perf.variants if v.variant == "v2"]
+            assert v2.labelled == 40 and v2.fraud == 10
+            assert store.counts().labels == 40
+            # The metrics process of the two workers exports them from the same store.
+            wait_for(
+                "outcomes on /metrics",
+                lambda: srv.metric("riskserve_outcome_labelled", model=MODEL, variant="v2") == 40,
+            )
+        finally:
+            store.close()
+            srv.stop_and_check()  # before the cluster stops
