@@ -104,7 +104,15 @@ HOSTILE_NAMES = [
     "victim/../fraud",
 ]
 ADMIN_MUTATIONS = frozenset(
-    {"LoadVersion", "UnloadVersion", "SetTraffic", "SetShadow", "Promote", "Rollback"}
+    {
+        "LoadVersion",
+        "UnloadVersion",
+        "SetTraffic",
+        "SetShadow",
+        "Promote",
+        "Rollback",
+        "SetThreshold",
+    }
 )
 REPOSITORY = ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
 OPEN = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata")
@@ -495,6 +503,11 @@ def admin_message(
     if method == "SetShadow":
         pct = rnd.choice([math.nan, math.inf, -1.0, 0.0, 5.0, 100.0, 101.0])
         return apb.SetShadowRequest(model=name, version=version, sample_percent=pct, reason=reason)
+    if method == "SetThreshold":
+        t = rnd.choice([math.nan, math.inf, -0.5, 0.0, 0.3, 1.0, 1.5])
+        return apb.SetThresholdRequest(
+            model=name, version=version, threshold=t, clear=rnd.random() < 0.3, reason=reason
+        )
     if method == "Rollback":
         return apb.RollbackRequest(model=name, reason=reason)
     if method == "History":

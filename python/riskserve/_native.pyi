@@ -18,6 +18,7 @@ __all__ = [
     "packed_count",
     "parse_infer_request",
     "psi_between",
+    "rows_json",
 ]
 
 __version__: str
@@ -104,6 +105,7 @@ def psi_between(actual: npt.NDArray[np.uint64], expected: npt.NDArray[np.uint64]
 def fit_spec(template_json: str, columns: dict[str, Any]) -> str: ...
 def murmur3_32(data: str | bytes, seed: int = 0) -> int: ...
 def packed_count(data: bytes) -> int: ...
+def rows_json(columns: dict[str, Any], rows: int) -> list[str]: ...
 def parse_infer_request(
     data: bytes,
     max_parameters: int = ...,

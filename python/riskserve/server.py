@@ -241,18 +241,16 @@ class Server:
         )
 
     async def _outcomes_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            await loop.run_in_executor(None, self.outcomes.refresh, self.feedback.compute)
+            await self.feedback.run(self.outcomes.refresh, self.feedback.compute)
             await asyncio.sleep(self.settings.feedback.outcomes_seconds)
 
     async def _purge_loop(self) -> None:
         fb = self.settings.feedback
-        loop = asyncio.get_running_loop()
         while True:
             try:
-                purged = await loop.run_in_executor(
-                    None, self.feedback.purge, fb.retention_days * 86400, fb.pending_days * 86400
+                purged = await self.feedback.run(
+                    self.feedback.purge, fb.retention_days * 86400, fb.pending_days * 86400
                 )
                 if purged.predictions or purged.labels or purged.expired:
                     log.info("feedback store purged", extra=dataclasses.asdict(purged))
@@ -375,11 +373,15 @@ class Server:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.dataplane.close()
-        if self.prediction_log is not None:
-            # After the drain: every reply's rows are queued by now.
-            self.prediction_log.close(timeout=max(1.0, s.grace_seconds))
+        # The store closes only once nothing uses it: the label service's pool (purge,
+        # outcomes, label writes) and the log writer, which commits what is queued
+        # (after the drain every reply's rows are).
         self.feedback.close()
-        self.store.close()
+        writer_done = True
+        if self.prediction_log is not None:
+            writer_done = self.prediction_log.close(timeout=max(1.0, s.grace_seconds))
+        if writer_done:
+            self.store.close()
         if self.snapshots is not None:
             self.snapshots.write()  # the last counts, after the drain
         if self._http is not None:

@@ -10,6 +10,7 @@ import json
 import math
 import struct
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,10 @@ def check_reply(
 ) -> np.ndarray:
     assert resp.model_name == model
     assert resp.model_version == version
-    assert resp.id == request_id
+    if request_id:
+        assert resp.id == request_id
+    else:  # none sent: the server made a time-ordered one
+        assert uuid.UUID(resp.id).version == 7
     assert len(resp.outputs) == 1
     out = resp.outputs[0]
     assert out.name == "probability"
@@ -329,7 +333,8 @@ def test_model_metadata(stub: Any, model: str, reference: Any, version_dirs: Any
     template = json.loads(FRAUD_SPEC.read_text())
     assert {t.name for t in md.inputs} == {i["name"] for i in template["inputs"]}
     assert [(t.name, t.datatype, list(t.shape)) for t in md.outputs] == [
-        ("probability", "FP32", [-1])
+        ("probability", "FP32", [-1]),
+        ("flagged", "BOOL", [-1]),
     ]
     # explicit version
     md1 = stub.ModelMetadata(pb.ModelMetadataRequest(name=model, version="1"), timeout=5)

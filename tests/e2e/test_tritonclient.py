@@ -82,7 +82,10 @@ def test_tritonclient_scores_metadata_and_errors(
     assert md["inputs"] == [
         {"name": i["name"], "datatype": V2[i["dtype"]], "shape": [-1]} for i in spec_inputs
     ]
-    assert md["outputs"] == [{"name": "probability", "datatype": "FP32", "shape": [-1]}]
+    assert md["outputs"] == [
+        {"name": "probability", "datatype": "FP32", "shape": [-1]},
+        {"name": "flagged", "datatype": "BOOL", "shape": [-1]},
+    ]
 
     inf = out["infer"]
     assert inf["model_name"] == model

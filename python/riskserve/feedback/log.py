@@ -19,9 +19,7 @@ import collections
 import dataclasses
 import hashlib
 import hmac
-import json
 import logging
-import math
 import os
 import secrets
 import struct
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from riskserve._native import rows_json
 from riskserve.feedback.records import PredictionRow
 from riskserve.feedback.store import FeedbackStore
 
@@ -122,55 +121,36 @@ def unpack_bytes(packed: bytes) -> list[bytes]:
     return out
 
 
-def _column_values(data: Any) -> list[Any]:
-    """One input's values as JSON-ready Python values (NaN → None)."""
-    if isinstance(data, bytes):
-        data = unpack_bytes(data)
-    if isinstance(data, list):
-        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in data]
-    arr = np.asarray(data).reshape(-1)
-    values: list[Any] = arr.tolist()
-    if arr.dtype.kind == "f":
-        values = [None if math.isnan(v) else v for v in values]
-    return values
-
-
 def to_rows(item: Scored, key_hash: Callable[[str], str]) -> list[PredictionRow]:
     """A scored request's log rows."""
     n = item.rows
-    names = list(item.columns)
-    cols = [_column_values(item.columns[k]) for k in names]
+    # One native call, the GIL released while it formats (riskserve-core record).
+    inputs = rows_json(dict(item.columns), n) if item.columns else ["{}"] * n
     hashed = None if item.routing_key is None else key_hash(item.routing_key)
     scores = item.scores.astype(np.float64).tolist()
     # The same comparison as the reply's `flagged` output (float32 against the
     # threshold, NumPy's rules), so the log and the reply never disagree.
     flagged = (item.scores >= item.threshold).tolist()
     variant = "shadow" if item.shadow else item.variant
-    rows = []
-    for i in range(n):
-        inputs = json.dumps(
-            {k: c[i] for k, c in zip(names, cols, strict=True)},
-            separators=(",", ":"),
-            allow_nan=False,
+    rid = item.request_id
+    ids = [rid] if n == 1 else [f"{rid}/{i}" for i in range(n)]
+    return [
+        PredictionRow(
+            ids[i],
+            item.ts,
+            item.model,
+            item.version,
+            variant,
+            item.revision,
+            hashed,
+            scores[i],
+            item.threshold,
+            flagged[i],
+            item.shadow,
+            inputs[i],
         )
-        score = scores[i]
-        rows.append(
-            PredictionRow(
-                id=item.request_id if n == 1 else f"{item.request_id}/{i}",
-                ts=item.ts,
-                model=item.model,
-                version=item.version,
-                variant=variant,
-                revision=item.revision,
-                key_hash=hashed,
-                score=score,
-                threshold=item.threshold,
-                flagged=flagged[i],
-                shadow=item.shadow,
-                inputs=inputs,
-            )
-        )
-    return rows
+        for i in range(n)
+    ]
 
 
 class PredictionLog:
@@ -232,8 +212,9 @@ class PredictionLog:
                 self._idle.wait(min(left, self._flush))
         return True
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Commits what is queued (up to `timeout`), then stops the writer."""
+    def close(self, timeout: float = 10.0) -> bool:
+        """Commits what is queued (up to `timeout`), then stops the writer; False
+        when the writer is still busy (in a store call) after `timeout`."""
         self._stop.set()
         self._thread.join(timeout)
         with self._lock:
@@ -243,6 +224,7 @@ class PredictionLog:
         if left:
             log.error("prediction log: rows not committed at exit", extra={"rows": left})
             self._counters.dropped(left)
+        return not self._thread.is_alive()
 
     def _take(self) -> list[Scored]:
         out: list[Scored] = []

@@ -17,12 +17,14 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from riskserve.errors import InvalidInput, NotFound
 from riskserve.feedback.outcomes import OutcomeSettings, Performance, outcomes
 from riskserve.feedback.records import Label, LabelAck, LabelResult, Outcome
 from riskserve.feedback.store import FeedbackStore, Purged, StoreError
+
+T = TypeVar("T")
 
 #: Labels one message may carry.
 MAX_LABELS_PER_MESSAGE = 10_000
@@ -115,7 +117,13 @@ class FeedbackService:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="riskserve-feedback")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        """Waits for every store call of this service to end (before the store closes)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in this service's pool: every store call goes through it, so
+        close() knows when none is left."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def send(self, raw: Sequence[LabelIn]) -> list[LabelAck]:
         """Validates every label, commits them, returns one result per label."""
@@ -128,8 +136,7 @@ class FeedbackService:
         labels = [validate(i, r, now) for i, r in enumerate(raw)]
         if not labels:
             return []
-        loop = asyncio.get_running_loop()
-        acks = await loop.run_in_executor(self._pool, self.store.write_labels, labels, now)
+        acks = await self.run(self.store.write_labels, labels, now)
         self._count(acks)
         return acks
 
@@ -145,8 +152,7 @@ class FeedbackService:
             if not math.isfinite(window_seconds) or window_seconds <= 0:
                 raise InvalidInput(f"window_seconds must be > 0, got {window_seconds!r}")
             s = dataclasses.replace(s, window_seconds=window_seconds)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.compute, model, s)
+        return await self.run(self.compute, model, s)
 
     def compute(self, model: str, s: OutcomeSettings | None = None) -> Performance:
         """Outcomes of `model` now (blocking: the store query and the statistics)."""

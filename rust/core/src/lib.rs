@@ -11,6 +11,7 @@
 //!   in a ring of sub-windows, and the one PSI implementation.
 //! * [`hash`]: MurmurHash3 x86_32, the portable hash behind hashed categories and
 //!   sticky traffic assignment.
+//! * [`record`]: raw input rows as JSON objects, for the prediction log.
 //! * [`wire`]: reads a serialized Open Inference Protocol `ModelInferRequest`
 //!   without building protobuf objects.
 //! * [`error`]: the one typed error enum every fallible function returns.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod fit;
 pub mod hash;
 pub mod pipeline;
+pub mod record;
 pub mod spec;
 mod stats;
 pub mod wire;

@@ -11,6 +11,7 @@ mod error;
 mod gil;
 mod hash;
 mod pipeline;
+mod record;
 mod wire;
 
 #[pymodule]
@@ -26,6 +27,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pipeline::fit_spec, m)?)?;
     m.add_function(wrap_pyfunction!(hash::murmur3_32, m)?)?;
     m.add_function(wrap_pyfunction!(bytes::packed_count, m)?)?;
+    m.add_function(wrap_pyfunction!(record::rows_json, m)?)?;
     m.add_function(wrap_pyfunction!(wire::parse_infer_request, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
