@@ -395,7 +395,7 @@ class FeedbackSettings(_Group):
         2000, "PREDICTION_LOG_BATCH_ROWS", "Rows the log writer commits at once.", at_least=1
     )
     flush_seconds: float = _setting(
-        0.05,
+        0.2,
         "PREDICTION_LOG_FLUSH_SECONDS",
         "How long a row may wait in memory before the writer commits it, seconds.",
         above=0,

@@ -603,6 +603,9 @@ def test_sqlite_folder_created_wal_and_full_sync(tmp_path: Path) -> None:
     store = SqliteStore(path)
     try:
         store.write_predictions([pred("r1")])
+        # The prediction log's commits are not fsynced (NORMAL, 1); a label's are (FULL, 2).
+        assert store._writer.execute("PRAGMA synchronous").fetchone() == (1,)
+        store.write_labels([lab("L1", "r1")], NOW)
         for conn in (store._writer, store._thread_conn()):  # the writer, a reader
             assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
             assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL

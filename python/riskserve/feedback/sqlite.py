@@ -385,13 +385,19 @@ class SqliteStore:
             raise self._error(e, doing) from e
 
     @contextlib.contextmanager
-    def _writing(self, doing: str) -> Iterator[sqlite3.Connection]:
-        """A write transaction, committed (durably) when the block ends."""
+    def _writing(self, doing: str, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction, committed when the block ends: durably (the WAL
+        fsynced, PRAGMA synchronous FULL) unless `durable` is False, which the
+        prediction log asks for (NORMAL: safe against a crash of the process, not
+        of the machine; nothing waits on those rows, and a fsync per batch costs
+        the serving core time: bench/README.md). The next durable commit fsyncs
+        the WAL and so everything before it."""
         mode = self.CONNECTIONS
         lock = contextlib.nullcontext() if mode == "per-thread-busy" else self._write_lock
         try:
             with lock:
                 conn = self._writer if mode in ("writer", "shared") else self._thread_conn()
+                conn.execute(f"PRAGMA synchronous = {self.SYNCHRONOUS if durable else 'NORMAL'}")
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
@@ -492,7 +498,7 @@ class SqliteStore:
             for r in rows
         ]
         ids = unique(r.id for r in rows if not r.shadow)
-        with self._writing("writing predictions") as conn:
+        with self._writing("writing predictions", durable=False) as conn:
             self._insert(conn, "predictions", _PREDICTION_COLUMNS, values)
             if ids:
                 pending = self._labels(conn, _PENDING_OF, ids)
