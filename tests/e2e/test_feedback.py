@@ -661,3 +661,38 @@ def test_a_postgresql_store_serves_the_same_loop(
         finally:
             store.close()
             srv.stop_and_check()  # before the cluster stops
+
+
+def test_garbage_and_bad_requests_get_a_clear_status(
+    models: Path, serve: Callable[..., ServerHandle]
+) -> None:
+    """Bytes that are no message, on each Feedback method (with the credential):
+    INVALID_ARGUMENT naming the message, never INTERNAL; a bad model name too."""
+    srv = serve(models)
+    md = [("authorization", f"Bearer {FEEDBACK}")]
+    garbage = b"\xff\xff\xff\x0f\x0a"
+    for method in ("SendLabels", "GetPerformance"):
+        call = srv.channel.unary_unary(f"/riskserve.feedback.v1.Feedback/{method}")
+        with pytest.raises(grpc.RpcError) as e:
+            call(garbage, metadata=md, timeout=10)
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT, method
+        assert "not a valid riskserve.feedback.v1" in str(e.value.details())
+    stream = srv.channel.stream_stream("/riskserve.feedback.v1.Feedback/StreamLabels")
+    ok = fpb.SendLabelsRequest(labels=[label("g-1", True)]).SerializeToString()
+    replies = stream(iter([ok, garbage]), metadata=md, timeout=10)
+    first = fpb.SendLabelsResponse.FromString(next(replies))
+    assert first.results[0].result == fpb.PENDING  # acknowledged before the bad message
+    with pytest.raises(grpc.RpcError) as e:
+        next(replies)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert str(e.value.details()).startswith("message 1: ")
+    fb = feedback(srv)
+    for model, code in (("", "INVALID_ARGUMENT"), ("nope", "NOT_FOUND")):
+        with pytest.raises(grpc.RpcError) as e:
+            fb.performance(model, 0.0)
+        assert e.value.code().name == code, model
+    with pytest.raises(grpc.RpcError) as e:
+        fb.performance(MODEL, -1.0)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "maturity_seconds" in str(e.value.details())
+    assert store_of(models).history("g-1")[0].status == "pending"
