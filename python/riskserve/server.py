@@ -27,9 +27,13 @@ from riskserve.deployments.canary import CanaryGuard
 from riskserve.feedback.backends import open_store
 from riskserve.feedback.exporter import OutcomesCollector
 from riskserve.feedback.log import LogCounters, PredictionLog, load_hash_key, routing_key_hasher
-from riskserve.feedback.outcomes import OutcomeSettings
 from riskserve.feedback.records import LabelAck
-from riskserve.feedback.service import FeedbackService, UnavailableStore, count_by_result
+from riskserve.feedback.service import (
+    FeedbackService,
+    UnavailableStore,
+    count_by_result,
+    outcome_settings,
+)
 from riskserve.feedback.store import FeedbackStore, StoreError
 from riskserve.monitoring import DriftAlerts, Metrics, ServingCollector
 from riskserve.monitoring.fleet import SNAPSHOT_SECONDS, SnapshotWriter
@@ -231,11 +235,7 @@ class Server:
             self.registry.register(self.outcomes)
         self.feedback = FeedbackService(
             self.store,
-            OutcomeSettings(
-                maturity_seconds=fb.maturity_seconds,
-                window_seconds=fb.window_seconds,
-                min_labels=fb.min_labels,
-            ),
+            outcome_settings(fb),
             control_of=control_of,
             count_results=count,
         )

@@ -136,8 +136,8 @@ def _outcomes(settings: Settings, views: Callable[[], list[Any]]) -> tuple[Any, 
     from the shared feedback store every RISKSERVE_OUTCOME_REFRESH_SECONDS."""
     from riskserve.feedback.backends import open_store
     from riskserve.feedback.exporter import OutcomesCollector
-    from riskserve.feedback.outcomes import OutcomeSettings, outcomes
-    from riskserve.feedback.service import UnavailableStore
+    from riskserve.feedback.outcomes import outcomes
+    from riskserve.feedback.service import UnavailableStore, outcome_settings
     from riskserve.feedback.store import FeedbackStore, StoreError
 
     fb = settings.feedback
@@ -147,11 +147,7 @@ def _outcomes(settings: Settings, views: Callable[[], list[Any]]) -> tuple[Any, 
     except StoreError as e:
         log.error("feedback store unavailable", extra={"error": e.message})
         store = UnavailableStore(e.message)
-    s = OutcomeSettings(
-        maturity_seconds=fb.maturity_seconds,
-        window_seconds=fb.window_seconds,
-        min_labels=fb.min_labels,
-    )
+    s = outcome_settings(fb)
     collector = OutcomesCollector(
         lambda: [(v.name, tuple(x.version for x in v.versions)) for v in views()]
     )

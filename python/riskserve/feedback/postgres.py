@@ -56,6 +56,7 @@ from riskserve.feedback.store import (
     StoreCounts,
     StoredLabel,
     StoreError,
+    prediction_values,
     storable_label,
     storable_rows,
     unique,
@@ -432,23 +433,7 @@ class PostgresStore:
         rows = storable_rows(rows)
         if not rows:
             return 0
-        params = [
-            (
-                r.id,
-                float(r.ts),
-                r.model,
-                int(r.version),
-                r.variant,
-                int(r.revision),
-                r.key_hash,
-                float(r.score),
-                float(r.threshold),
-                bool(r.flagged),
-                bool(r.shadow),
-                r.inputs,
-            )
-            for r in rows
-        ]
+        params = prediction_values(rows)
         ids = unique(r.id for r in rows if not r.shadow)
 
         def work(conn: Conn, attempt: _Attempt) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
+from riskserve.config import FeedbackSettings
 from riskserve.errors import InvalidInput, NotFound
 from riskserve.feedback.outcomes import OutcomeSettings, Performance, outcomes
 from riskserve.feedback.records import Label, LabelAck, LabelResult, Outcome
@@ -47,6 +48,15 @@ class LabelIn:
     source: str
     label_id: str
     amount: float | None
+
+
+def outcome_settings(fb: FeedbackSettings) -> OutcomeSettings:
+    """The outcome computation's part of the feedback settings."""
+    return OutcomeSettings(
+        maturity_seconds=fb.maturity_seconds,
+        window_seconds=fb.window_seconds,
+        min_labels=fb.min_labels,
+    )
 
 
 def derived_label_id(request_id: str, outcome: Outcome, source: str) -> str:

@@ -42,6 +42,7 @@ from riskserve.feedback.store import (
     StoreCounts,
     StoredLabel,
     StoreError,
+    prediction_values,
     storable_label,
     storable_rows,
     unique,
@@ -480,23 +481,7 @@ class SqliteStore:
         rows = storable_rows(rows)
         if not rows:
             return 0
-        values = [
-            (
-                r.id,
-                float(r.ts),
-                r.model,
-                int(r.version),
-                r.variant,
-                int(r.revision),
-                r.key_hash,
-                float(r.score),
-                float(r.threshold),
-                bool(r.flagged),
-                bool(r.shadow),
-                r.inputs,
-            )
-            for r in rows
-        ]
+        values = prediction_values(rows)
         ids = unique(r.id for r in rows if not r.shadow)
         with self._writing("writing predictions", durable=False) as conn:
             self._insert(conn, "predictions", _PREDICTION_COLUMNS, values)

@@ -144,6 +144,27 @@ def storable_rows(rows: Sequence[PredictionRow]) -> Sequence[PredictionRow]:
     return [r for r in rows if storable(r.id) and storable(r.inputs)]
 
 
+def prediction_values(rows: Sequence[PredictionRow]) -> list[tuple[object, ...]]:
+    """Rows as both backends insert them, in the predictions table's column order."""
+    return [
+        (
+            r.id,
+            float(r.ts),
+            r.model,
+            int(r.version),
+            r.variant,
+            int(r.revision),
+            r.key_hash,
+            float(r.score),
+            float(r.threshold),
+            bool(r.flagged),
+            bool(r.shadow),
+            r.inputs,
+        )
+        for r in rows
+    ]
+
+
 def stored_amount(amount: float | None) -> float | None:
     """The amount as stored: None when none was sent (NaN counts as none; SQLite
     cannot store NaN, so both backends store NULL)."""
@@ -311,6 +332,7 @@ __all__ = [
     "StoreError",
     "StoredLabel",
     "iso_utc",
+    "prediction_values",
     "storable",
     "storable_label",
     "storable_rows",
