@@ -238,7 +238,8 @@ class DataPlane:
         start = time.perf_counter()
         routed: Routed | None = None
         try:
-            routed = self._table.route(req.model_name, req.model_version, _routing_key(req))
+            key = _routing_key(req)  # validated once: routing and the log use it
+            routed = self._table.route(req.model_name, req.model_version, key)
             result, rows, columns = await self._infer(routed, req)
         except RiskserveError as e:
             self._record_error(req, routed, e.code.name)
@@ -263,7 +264,7 @@ class DataPlane:
                     model.version,
                     routed.variant,
                     routed.revision,
-                    _routing_key(req),
+                    key,
                     result.probability,
                     routed.threshold,
                     False,
@@ -271,7 +272,7 @@ class DataPlane:
                 )
             )
         if routed.shadow is not None:
-            self._start_shadow(routed, columns, result, req)
+            self._start_shadow(routed, columns, result, key)
         return result
 
     def model_label(self, name: str | None) -> str:
@@ -352,7 +353,7 @@ class DataPlane:
     # -- shadow -------------------------------------------------------------------
 
     def _start_shadow(
-        self, routed: Routed, columns: dict[str, Any], primary: InferResult, req: InferRequest
+        self, routed: Routed, columns: dict[str, Any], primary: InferResult, key: str | None
     ) -> None:
         """Scores the shadow after the reply: its own bounded executor, its own
         metrics, its own prediction-log rows (marked shadow); its results and
@@ -392,7 +393,7 @@ class DataPlane:
                         shadow.version,
                         "shadow",
                         routed.revision,
-                        _routing_key(req),
+                        key,
                         scores,
                         routed.shadow_threshold,
                         True,

@@ -25,7 +25,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,8 @@ class Scored:
     threshold: float
     shadow: bool
     #: The inputs as received: input name → numpy array, V2 packed BYTES, or a
-    #: list of byte strings.
-    columns: Mapping[str, Any]
+    #: list of byte strings (the data plane's dict, handed to Rust as it is).
+    columns: dict[str, Any]
 
     @property
     def rows(self) -> int:
@@ -125,7 +125,7 @@ def to_rows(item: Scored, key_hash: Callable[[str], str]) -> list[PredictionRow]
     """A scored request's log rows."""
     n = item.rows
     # One native call, the GIL released while it formats (riskserve-core record).
-    inputs = rows_json(dict(item.columns), n) if item.columns else ["{}"] * n
+    inputs = rows_json(item.columns, n) if item.columns else ["{}"] * n
     hashed = None if item.routing_key is None else key_hash(item.routing_key)
     scores = item.scores.astype(np.float64).tolist()
     # The same comparison as the reply's `flagged` output (float32 against the
