@@ -1059,7 +1059,10 @@ def test_the_guard_lowers_a_failing_canary_and_clients_cannot_trip_it(
     really fails at 10 % after a 50/50 split goes to 0 %, never back to 50 %; (3) a
     manual rollback afterwards never gives it traffic again."""
     models = models_copy("models")
-    srv = servers(models, canary_min_requests=50, canary_check_seconds=0.3)
+    # The prediction log off: its writer's burst after the 2,000-row requests below
+    # adds GIL waits that a 30-sample canary p95 sees on a loaded machine (issue 11's
+    # note; bench/README.md, the feedback loop). This test is about the guard.
+    srv = servers(models, canary_min_requests=50, canary_check_seconds=0.3, prediction_log=False)
     admin = Admin(srv.channel)
     v1_live(admin)
     clone_version(models, 1, 4)  # a healthy canary: v1's model as v4
