@@ -21,6 +21,12 @@ Servers:
   raw-field requests (one input per raw column, as riskserve's clients send them).
 * ``floor``: bench/floor_server.py, grpc.aio + uvloop answering ModelInfer with a canned
   response; the same raw-field requests. What Python gRPC alone costs.
+* ``floor-generic``: the same floor with its handlers built by
+  ``grpc.method_handlers_generic_handler`` instead of the generated stubs.
+* ``floor-grpc175``: ``floor-generic`` on grpcio 1.75 (bench/.venv-grpc175, which
+  bench/run_compare.sh creates), from before the registered-method change that grpc#43461
+  reports as a per-RPC regression. floor-generic vs floor-grpc175 is the grpcio version
+  alone; floor vs floor-generic is the registration path alone.
 * ``mlserver``: MLServer + mlserver-lightgbm from bench/.venv-mlserver serving the same
   model.txt, in its default configuration (settings.json sets only host and ports; so
   ``parallel_workers`` keeps its default, 1 in MLServer 1.7.1: the gRPC front process hands
@@ -59,8 +65,23 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = ROOT / ".venv/bin/python"
 RISKSERVE = ROOT / ".venv/bin/riskserve"
 MLSERVER = ROOT / "bench/.venv-mlserver/bin/mlserver"
+GRPC175_PY = ROOT / "bench/.venv-grpc175/bin/python"
 LOADGEN = ROOT / "bench/loadgen/target/release/loadgen"
-ALL_SERVERS = ("riskserve", "riskserve-nolog", "floor", "mlserver", "mlserver-tuned")
+ALL_SERVERS = (
+    "riskserve",
+    "riskserve-nolog",
+    "floor",
+    "floor-generic",
+    "floor-grpc175",
+    "mlserver",
+    "mlserver-tuned",
+)
+#: Ratios between floors, besides riskserve's against every other server.
+FLOOR_RATIOS = (
+    ("floor-generic", "floor-grpc175"),
+    ("floor", "floor-grpc175"),
+    ("floor", "floor-generic"),
+)
 
 
 def rel(p: Path) -> str:
@@ -186,9 +207,18 @@ def start_server(
         cmd = [str(RISKSERVE), "serve", "--models", str(a.models), "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--metrics-port", str(port + 1)]
         return Server(name, pin + cmd, log, ROOT, env), "raw-fields", None
-    if name == "floor":
-        cmd = [str(PY), str(ROOT / "bench/floor_server.py"), "--port", str(port)]
+    if name.startswith("floor"):
+        py = PY
+        if name == "floor-grpc175":
+            if not GRPC175_PY.exists():
+                return None, "raw-fields", f"{GRPC175_PY} not found (bench/run_compare.sh makes it)"
+            py = GRPC175_PY
+            # riskserve's sources (the protobuf messages, the built extension) without
+            # the package's dependencies: that venv holds grpcio 1.75 and nothing newer.
+            env["PYTHONPATH"] = str(ROOT / "python")
+        cmd = [str(py), str(ROOT / "bench/floor_server.py"), "--port", str(port)]
         cmd += ["--features", str(model_file.parent / "features.json")]  # same raw inputs
+        cmd += ["--handlers", "generated" if name == "floor" else "generic"]
         return Server(name, pin + cmd, log, ROOT, env), "raw-fields", None
     if not MLSERVER.exists():
         return None, "matrix", f"{MLSERVER} not found (bench/run_compare.sh installs it)"
@@ -279,16 +309,16 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def ratios(summary: dict[str, dict[str, Any]], servers: list[str], conc: list[int]) -> list[Any]:
     res = []
-    for other in servers:
-        if other == "riskserve":
-            continue
+    pairs = [("riskserve", other) for other in servers if other != "riskserve"]
+    pairs += [p for p in FLOOR_RATIOS if p[0] in servers and p[1] in servers]
+    for one, other in pairs:
         for c in conc:
-            a, b = summary.get(f"riskserve@c{c}"), summary.get(f"{other}@c{c}")
+            a, b = summary.get(f"{one}@c{c}"), summary.get(f"{other}@c{c}")
             if not a or not b:
                 continue
             res.append(
                 {
-                    "ratio": f"riskserve/{other}",
+                    "ratio": f"{one}/{other}",
                     "concurrency": c,
                     "rps": a["rps_median"] / b["rps_median"],
                     "p50": a["p50_median"] / b["p50_median"],

@@ -5,11 +5,14 @@
 #
 # Environment (defaults): ROUNDS=2 CONCURRENCY="1 8" DURATION=10 WARMUP=2 PORT=18400
 #   SERVERS="riskserve floor mlserver mlserver-tuned" RETRAIN=0 COMPARE_ARGS=""
+#   (other servers: riskserve-nolog, floor-generic, floor-grpc175: bench/compare.py)
 #
 # 1. Trains bench/results/models/fraud if absent (same data and settings as run_load.sh).
 # 2. Creates bench/.venv-mlserver (python3 -m venv; pip install mlserver mlserver-lightgbm
 #    'uvloop<0.22': MLServer 1.7.1's worker crashes with uvloop 0.23) if absent. If that
 #    fails, the comparison runs without MLServer and says so.
+#    For floor-grpc175, creates bench/.venv-grpc175 (grpcio 1.75.1, the project's
+#    protobuf, numpy and uvloop) if absent.
 # 3. Runs bench/compare.py: each server in turn pinned to core 0, bench/load.py on core 1,
 #    rounds interleaved; writes bench/results/compare.json, logs and per-run load JSONs.
 set -euo pipefail
@@ -49,6 +52,20 @@ case " $SERVERS " in
     if [ -x "$MLVENV/bin/pip" ]; then
         "$MLVENV/bin/pip" list 2>/dev/null | grep -iE '^(mlserver|mlserver-lightgbm|lightgbm|uvloop|grpcio) ' || true
     fi
+    ;;
+esac
+
+GRPC175=bench/.venv-grpc175
+case " $SERVERS " in
+*" floor-grpc175 "*)
+    if [ ! -x "$GRPC175/bin/python" ]; then
+        echo "== installing grpcio 1.75.1 into $GRPC175"
+        python3 -m venv "$GRPC175"
+        "$GRPC175/bin/pip" install --quiet grpcio==1.75.1 \
+            "$(grep '^protobuf==' requirements-dev.lock)" "$(grep '^numpy==' requirements-dev.lock)" \
+            "$(grep '^uvloop==' requirements-dev.lock)"
+    fi
+    "$GRPC175/bin/pip" list 2>/dev/null | grep -iE '^(grpcio|protobuf|uvloop) ' || true
     ;;
 esac
 
