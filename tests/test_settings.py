@@ -5,6 +5,7 @@ from the code."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import runpy
@@ -13,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from riskserve.cli import build_parser, settings_from_args
+from riskserve.cli import build_parser, serve_settings, settings_from_args
 from riskserve.config import (
+    COMMAND_GROUPS,
     SETTINGS,
     BatchingSettings,
     CanarySettings,
@@ -23,6 +25,7 @@ from riskserve.config import (
     ServerSettings,
     SettingInfo,
     Settings,
+    command_flag,
     markdown,
     setting,
 )
@@ -102,6 +105,39 @@ ENV_NAMES = {
     "RISKSERVE_OUTCOME_WINDOW_SECONDS": "feedback.window_seconds",
     "RISKSERVE_OUTCOME_MIN_LABELS": "feedback.min_labels",
     "RISKSERVE_OUTCOME_REFRESH_SECONDS": "feedback.outcomes_seconds",
+    "RISKSERVE_RETRAIN_MAX_AUC_DROP": "retrain.max_auc_drop",
+    "RISKSERVE_RETRAIN_MAX_RECALL_DROP": "retrain.max_recall_drop",
+    "RISKSERVE_RETRAIN_MAX_PRECISION_DROP": "retrain.max_precision_drop",
+    "RISKSERVE_RETRAIN_MAX_AMOUNT_RECALL_DROP": "retrain.max_amount_recall_drop",
+    "RISKSERVE_RETRAIN_HOLDOUT_SHARE": "retrain.holdout_share",
+    "RISKSERVE_RETRAIN_MIN_HOLDOUT_FRAUD": "retrain.min_holdout_fraud",
+    "RISKSERVE_RETRAIN_ROUNDS": "retrain.rounds",
+    "RISKSERVE_RETRAIN_UNLABELLED": "retrain.unlabelled",
+    "RISKSERVE_RETRAIN_SNAPSHOT_DIR": "retrain.snapshot_dir",
+    "RISKSERVE_MLFLOW_TRACKING_URI": "retrain.mlflow_tracking_uri",
+    "RISKSERVE_MLFLOW_EXPERIMENT": "retrain.mlflow_experiment",
+    "RISKSERVE_RETRAIN_WATCH_MODEL": "watch.model",
+    "RISKSERVE_RETRAIN_WATCH_METRICS_URL": "watch.metrics_url",
+    "RISKSERVE_RETRAIN_WATCH_POLL_SECONDS": "watch.poll_seconds",
+    "RISKSERVE_RETRAIN_WATCH_MAX_BACKOFF_SECONDS": "watch.max_backoff_seconds",
+    "RISKSERVE_RETRAIN_WATCH_DAILY_AT": "watch.daily_at",
+    "RISKSERVE_RETRAIN_WATCH_DRIFT": "watch.drift",
+    "RISKSERVE_RETRAIN_WATCH_DRIFT_HOLD_SECONDS": "watch.drift_hold_seconds",
+    "RISKSERVE_RETRAIN_WATCH_DRIFT_TOP_FEATURES": "watch.drift_top_features",
+    "RISKSERVE_RETRAIN_WATCH_DRIFT_THRESHOLD": "watch.drift_threshold",
+    "RISKSERVE_RETRAIN_WATCH_RECALL_BELOW": "watch.recall_below",
+    "RISKSERVE_RETRAIN_WATCH_RECALL_MIN_FRAUD_LABELS": "watch.recall_min_fraud_labels",
+    "RISKSERVE_RETRAIN_WATCH_MIN_LABELS": "watch.min_labels",
+    "RISKSERVE_RETRAIN_WATCH_MIN_INTERVAL_SECONDS": "watch.min_interval_seconds",
+    "RISKSERVE_RETRAIN_WATCH_TIMEOUT_SECONDS": "watch.timeout_seconds",
+    "RISKSERVE_RETRAIN_WATCH_STOP_SECONDS": "watch.stop_seconds",
+    "RISKSERVE_RETRAIN_WATCH_NICE": "watch.nice",
+    "RISKSERVE_RETRAIN_WATCH_START": "watch.start",
+    "RISKSERVE_RETRAIN_WATCH_PERCENT": "watch.percent",
+    "RISKSERVE_RETRAIN_WATCH_SERVER": "watch.server",
+    "RISKSERVE_RETRAIN_WATCH_RETRAIN_ARGS": "watch.retrain_args",
+    "RISKSERVE_RETRAIN_WATCH_METRICS_HOST": "watch.metrics_host",
+    "RISKSERVE_RETRAIN_WATCH_METRICS_PORT": "watch.metrics_port",
 }
 
 #: The flags `serve` had before every setting got one; scripts and manifests use them.
@@ -125,8 +161,14 @@ def read(settings: Settings, s: SettingInfo) -> Any:
     return getattr(getattr(settings, s.group), s.name)
 
 
+#: Text settings with a format of their own: a valid value that is not the default.
+OTHER_TEXT = {"retrain_watch_daily_at": "02:30"}
+
+
 def other_value(s: SettingInfo) -> Any:
     """A valid value that is not the default."""
+    if s.key in OTHER_TEXT:
+        return OTHER_TEXT[s.key]
     if s.kind is bool:
         return not s.default
     if s.choices is not None:
@@ -186,6 +228,8 @@ def test_settings_hold_one_frozen_group_per_concern() -> None:
         "compile": "CompileSettings",
         "security": "SecuritySettings",
         "feedback": "FeedbackSettings",
+        "retrain": "RetrainSettings",
+        "watch": "WatchSettings",
     }
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.server.port = 1  # type: ignore[misc]
@@ -387,10 +431,10 @@ def serve_args(*argv: str) -> Any:
     return build_parser().parse_args(["serve", *argv])
 
 
-def test_every_setting_has_a_serve_flag() -> None:
+def test_every_serving_setting_has_a_serve_flag() -> None:
     argv: list[str] = []
     expected = {}
-    for s in SETTINGS:
+    for s in serve_settings():
         value = other_value(s)
         expected[s.key] = value
         if s.kind is bool:
@@ -398,8 +442,22 @@ def test_every_setting_has_a_serve_flag() -> None:
         else:
             argv += [s.flag, str(value)]
     got = settings_from_args(serve_args(*argv), env={})
-    for s in SETTINGS:
+    for s in serve_settings():
         assert read(got, s) == expected[s.key], s.flag
+
+
+def test_retrain_and_watch_settings_are_flags_of_their_commands_not_of_serve() -> None:
+    offline = [s for s in SETTINGS if s.group in COMMAND_GROUPS]
+    assert {s.group for s in offline} == set(COMMAND_GROUPS)
+    serve = vars(serve_args())
+    commands = next(
+        a.choices for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    for s in offline:
+        assert s.flag.removeprefix("--").replace("-", "_") not in serve, s.flag
+        command, flag = command_flag(s)
+        options = {o for a in commands[command]._actions for o in a.option_strings}
+        assert flag in options, (command, flag)
 
 
 def test_the_old_flags_keep_their_names() -> None:
@@ -461,7 +519,9 @@ def test_docs_list_every_variable_flag_and_default() -> None:
     text = markdown()
     for s in SETTINGS:
         (row,) = [line for line in text.splitlines() if f"| `{s.env}` |" in line]
-        assert f"`{s.flag}`" in row
+        command, flag = command_flag(s)
+        assert f"`{flag}`" in row
+        assert (f"| {command} `{flag}`" in row) == (command != "serve")
         assert s.meaning in row
         default = env_text(s.default) if s.default != "" else '""'
         assert f"`{default}`" in row

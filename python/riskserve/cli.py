@@ -1,5 +1,5 @@
-"""The `riskserve` command: datagen, train, serve, score, admin, drift,
-drift-report, labels send and performance.
+"""The `riskserve` command: datagen, train, retrain, retrain-watch, serve, score,
+admin, drift, drift-report, dashboard, labels send and performance.
 
 Each subcommand imports what it needs only when it runs: `score`, `admin` and
 `drift` load no server code, and `serve --workers N` starts its supervisor
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from riskserve.config import Settings
+    from riskserve.config import SettingInfo, Settings
 
 
 def _progress(prefix: str) -> Any:
@@ -62,7 +62,19 @@ def cmd_train(a: argparse.Namespace) -> int:
         from riskserve.registry.signing import load_private_key
 
         key = load_private_key(Path(a.signing_key))  # before training: fail fast
-    res = train(cfg, progress=_progress("train"))
+    from riskserve.config import Settings
+    from riskserve.errors import RiskserveError
+    from riskserve.training.tracking import open_tracker
+
+    tracking = Settings.load(
+        {"mlflow_tracking_uri": a.mlflow_uri, "mlflow_experiment": a.mlflow_experiment}
+    ).retrain
+    try:  # the tracker is checked before anything is read or trained
+        tracker = open_tracker(tracking.mlflow_tracking_uri, tracking.mlflow_experiment)
+        res = train(cfg, progress=_progress("train"), tracker=tracker)
+    except RiskserveError as e:
+        print(f"riskserve train: {e.message}", file=sys.stderr)
+        return 2
     out: dict[str, Any] = {
         "model": a.model,
         "version": res.ref.version,
@@ -114,35 +126,79 @@ def _dest(flag: str) -> str:
     return flag.removeprefix("--").replace("-", "_")
 
 
+def serve_settings() -> list[SettingInfo]:
+    """The settings `serve` has a flag for: every group but those of `retrain` and
+    `retrain-watch` (config.COMMAND_GROUPS), whose flags are on those commands."""
+    from riskserve.config import SETTINGS, command_flag
+
+    return [s for s in SETTINGS if command_flag(s)[0] == "serve"]
+
+
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting, in one argument group per settings group. Every
+    """One flag per serving setting, in one argument group per settings group. Every
     flag defaults to None (not given), so the environment's value stands."""
-    from riskserve.config import GROUPS, SETTINGS
+    from riskserve.config import COMMAND_GROUPS, GROUPS, SETTINGS
 
     for group, cls in GROUPS.items():
+        if group in COMMAND_GROUPS:
+            continue
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         flags = parser.add_argument_group(f"{group} settings", doc)
         for s in SETTINGS:
-            if s.group != group:
-                continue
-            help_text = f"{s.meaning} (env {s.env}; default {s.default_text})".replace("%", "%%")
-            if s.kind is bool:
-                flags.add_argument(s.flag, action=argparse.BooleanOptionalAction, help=help_text)
-            elif s.kind in (str, Path):  # a path stays a str in the Namespace (a.models)
-                flags.add_argument(s.flag, metavar=s.key.upper(), help=help_text)
-            else:
-                flags.add_argument(
-                    s.flag, type=s.kind, metavar=s.kind.__name__.upper(), help=help_text
-                )
+            if s.group == group:
+                _add_setting_flag(flags, s, s.flag)
+
+
+def _add_setting_flag(flags: Any, s: SettingInfo, flag: str) -> None:
+    """The flag `flag` for setting `s`, defaulting to None (not given)."""
+    help_text = f"{s.meaning} (env {s.env}; default {s.default_text})".replace("%", "%%")
+    if s.kind is bool:
+        flags.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+    elif s.kind in (str, Path):  # a path stays a str in the Namespace (a.models)
+        flags.add_argument(flag, metavar=s.key.upper(), help=help_text)
+    else:
+        flags.add_argument(flag, type=s.kind, metavar=s.kind.__name__.upper(), help=help_text)
+
+
+def _watch_flags() -> list[tuple[SettingInfo, str]]:
+    """`retrain-watch`'s settings and flags: the models folder, the log level, and
+    the watch group's, named without their `--retrain-watch-` prefix (`--daily-at`)."""
+    from riskserve.config import SETTINGS, command_flag, setting
+
+    own = [(setting(k), setting(k).flag) for k in ("models_dir", "log_level")]
+    return own + [(s, command_flag(s)[1]) for s in SETTINGS if s.group == "watch"]
+
+
+def watch_settings_from_args(
+    a: argparse.Namespace, env: Mapping[str, str] | None = None
+) -> Settings:
+    """The Settings `riskserve retrain-watch` runs with: defaults, RISKSERVE_* from
+    `env` (default os.environ), then its flags that were given."""
+    from riskserve.config import Settings
+
+    overrides = {s.key: getattr(a, _dest(flag)) for s, flag in _watch_flags()}
+    if overrides["models_dir"] is not None:
+        overrides["models_dir"] = Path(overrides["models_dir"])
+    return Settings.load(overrides, env)
+
+
+def cmd_retrain_watch(a: argparse.Namespace) -> int:
+    from riskserve import logs
+
+    settings = watch_settings_from_args(a)
+    logs.configure(settings.server.log_level)
+    from riskserve.training.watch import run
+
+    return run(settings.watch, settings.server.models_dir, settings.security)
 
 
 def settings_from_args(a: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
     """The Settings `riskserve serve` runs with: defaults, then RISKSERVE_* from
     `env` (default os.environ), then the flags that were given."""
-    from riskserve.config import SETTINGS, Settings
+    from riskserve.config import Settings
 
-    overrides = {s.key: getattr(a, _dest(s.flag)) for s in SETTINGS}
-    for s in SETTINGS:
+    overrides = {s.key: getattr(a, _dest(s.flag)) for s in serve_settings()}
+    for s in serve_settings():
         if s.kind is Path and overrides[s.key] is not None:
             overrides[s.key] = Path(overrides[s.key])
     # --port 0 means "free ports": the metrics port follows unless given.
@@ -222,6 +278,50 @@ def cmd_drift_report(a: argparse.Namespace) -> int:
         rows = [r for r in rows if r.model == a.model]
     n = draw_report(rows, Path(a.out), a.top)
     print(json.dumps({"out": a.out, "fields": n}))
+    return 0
+
+
+def cmd_dashboard(a: argparse.Namespace) -> int:
+    from riskserve.errors import RiskserveError
+    from riskserve.labels_client import parse_duration
+    from riskserve.monitoring import dashboard as db
+
+    try:
+        seconds = parse_duration(a.range)
+    except ValueError:
+        print(
+            f"riskserve dashboard: --range {a.range!r} is not a duration (90m, 6h, 2d)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        dash = db.load_dashboard(a.dashboard or db.DEFAULT_DASHBOARD)
+        prom = db.Prometheus(a.prometheus, timeout=a.timeout)
+        if a.scrape_interval == "auto":
+            scrape = prom.scrape_interval() or db.GRAFANA_SCRAPE_SECONDS
+        else:
+            scrape = db.parse_prom_duration(a.scrape_interval)
+        window = db.Window.ending(time.time(), seconds, scrape)
+        selection = {"model": a.model or [], "variant": a.variant or []}
+        for name, chosen in selection.items():
+            var = dash.variable(name)
+            if var is None or not chosen:
+                continue
+            offered = db.variable_values(prom, dash, var, selection, window)
+            for value in chosen:
+                if value not in offered:
+                    print(
+                        f"riskserve dashboard: warning: no {name} {value!r} in Prometheus "
+                        f"over the range (it has {offered})",
+                        file=sys.stderr,
+                    )
+        results = db.evaluate(prom, dash, selection, window)
+        drawn = db.render_png(results, a.png, f"{dash.title} · last {a.range}", window)
+    except RiskserveError as e:
+        print(f"riskserve dashboard: {e.message}", file=sys.stderr)
+        return 1
+    empty = sorted({r.panel.title for r in results if not any(s.finite for s in r.series)})
+    print(json.dumps({"out": str(a.png), "panels": drawn, "no_data": empty}))
     return 0
 
 
@@ -399,6 +499,208 @@ def cmd_performance(a: argparse.Namespace) -> int:
     return 0
 
 
+def _retrain_flags() -> list[tuple[SettingInfo, str]]:
+    """`retrain`'s settings and flags: the models folder, the feedback store's DSN, and
+    the retrain group's, named without their `--retrain-` prefix (`--max-auc-drop`)."""
+    from riskserve.config import SETTINGS, command_flag, setting
+
+    own = [(setting(k), setting(k).flag) for k in ("models_dir", "feedback_dsn")]
+    return own + [(s, command_flag(s)[1]) for s in SETTINGS if s.group == "retrain"]
+
+
+def _champion_of(models: Path, model: str) -> int | None:
+    """The deployment's control version (deployment.json), None without a deployment:
+    the one "which version is the control" helper, in riskserve.deployments."""
+    from riskserve.deployments.store import StateStore
+
+    store = StateStore(models)
+    if not store.exists(model):
+        return None
+    try:
+        history, _ = store.read(model)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{store.path(model)} is unreadable ({e}): cannot tell the champion"
+        ) from None
+    return history[-1].control if history else None
+
+
+def _start_version(a: argparse.Namespace, settings: Settings, parent: int, version: int) -> Any:
+    """Starts the new version as a canary (`--canary PCT`: the control keeps the rest)
+    or a shadow (`--shadow PCT`) through the admin API: load, then split or shadow."""
+    import grpc
+
+    from riskserve.pb.riskserve.admin.v1 import admin_pb2 as apb
+    from riskserve.pb.riskserve.admin.v1 import admin_pb2_grpc as agrpc
+    from riskserve.transport.auth import load_token
+
+    token = a.token or (load_token(settings.admin.token, settings.admin.token_file) or b"").decode()
+    md = [("authorization", f"Bearer {token}"), ("x-actor", "riskserve retrain")]
+    reason = f"retrain ({a.trigger}): v{version} from parent v{parent}"
+    kw: dict[str, Any] = {"metadata": md, "timeout": a.timeout}
+    with grpc.insecure_channel(a.server) as channel:
+        stub = agrpc.ModelAdminStub(channel)
+        try:
+            stub.LoadVersion(
+                apb.LoadVersionRequest(model=a.model, version=version, reason=reason), **kw
+            )
+            if a.canary is not None:
+                variants = [
+                    apb.Variant(version=parent, weight=100 - int(a.canary)),
+                    apb.Variant(version=version, weight=int(a.canary)),
+                ]
+                d = stub.SetTraffic(
+                    apb.SetTrafficRequest(model=a.model, variants=variants, reason=reason), **kw
+                )
+            else:
+                d = stub.SetShadow(
+                    apb.SetShadowRequest(
+                        model=a.model, version=version, sample_percent=a.shadow, reason=reason
+                    ),
+                    **kw,
+                )
+        except grpc.RpcError as e:
+            raise ConnectionError(
+                f"v{version} is registered, but starting it on {a.server} failed: "
+                f"{e.code().name}: {e.details()}"
+            ) from None
+    return {
+        "revision": d.revision,
+        "variants": {str(v.version): v.weight for v in d.variants},
+        "shadow": {"version": d.shadow.version, "percent": d.shadow.sample_percent}
+        if d.shadow.version
+        else None,
+    }
+
+
+class _Steps:
+    """Step lines on stderr, and a rich bar on stderr while prediction rows are read."""
+
+    def __init__(self, prefix: str, what: str) -> None:
+        self._say = _progress(prefix)
+        self._what = what
+        self._bar: Any = None
+        self._task: Any = None
+
+    def say(self, msg: str) -> None:
+        self.close()
+        self._say(msg)
+
+    def advance(self, n: int) -> None:
+        if self._bar is None:
+            from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                SpinnerColumn(),
+                "[progress.description]{task.description}",
+                "{task.completed:,}",
+                TimeElapsedColumn(),
+                console=_stderr_console(),
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self._what, total=None)
+        self._bar.advance(self._task, n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def cmd_retrain(a: argparse.Namespace) -> int:
+    from riskserve.config import Settings
+    from riskserve.errors import RiskserveError
+    from riskserve.feedback.backends import open_store
+    from riskserve.labels_client import parse_duration
+    from riskserve.training.retrain import RetrainConfig, retrain
+    from riskserve.training.tracking import open_tracker
+
+    def fail(message: str, code: int, **extra: Any) -> int:
+        print(f"riskserve retrain: {message}", file=sys.stderr)
+        if a.json:
+            print(json.dumps({"registered": False, "version": None, **extra, "error": message}))
+        return code
+
+    steps = _Steps("retrain", "prediction rows read")
+    try:
+        overrides = {s.key: getattr(a, _dest(flag)) for s, flag in _retrain_flags()}
+        if overrides["models_dir"] is not None:
+            overrides["models_dir"] = Path(overrides["models_dir"])
+        settings = Settings.load(overrides)
+        models = settings.server.models_dir
+        fb = settings.feedback
+        window = fb.window_seconds if a.window is None else parse_duration(a.window)
+        maturity = fb.maturity_seconds if a.maturity is None else parse_duration(a.maturity)
+        if a.canary is not None and not (1 <= a.canary <= 99 and float(a.canary).is_integer()):
+            raise ValueError(
+                f"--canary must be a whole percentage in 1..99 (traffic weights are whole "
+                f"percents), got {a.canary:g}"
+            )
+        if a.shadow is not None and not 0 < a.shadow <= 100:
+            raise ValueError(f"--shadow must be a percentage in (0, 100], got {a.shadow:g}")
+        if a.dry_run and (a.canary is not None or a.shadow is not None):
+            raise ValueError("--dry-run registers nothing: it cannot start a canary or shadow")
+        cfg = RetrainConfig(
+            model=a.model,
+            models_dir=models,
+            settings=settings.retrain,
+            window_seconds=window,
+            maturity_seconds=maturity,
+            champion=_champion_of(models, a.model),
+            base=None if a.base is None else Path(a.base),
+            from_snapshot=None if a.from_snapshot is None else Path(a.from_snapshot),
+            trigger=a.trigger,
+            seed=a.seed,
+            dry_run=a.dry_run,
+            shuffle_training_labels=a.shuffle_training_labels,
+        )
+        r = settings.retrain
+        tracker = open_tracker(r.mlflow_tracking_uri, r.mlflow_experiment)  # before anything
+        result = retrain(
+            cfg,
+            lambda: open_store(fb.dsn, models),
+            tracker=tracker,
+            progress=steps.say,
+            advance=steps.advance,
+        )
+    except (RiskserveError, ValueError, OSError) as e:
+        return fail(str(e), 2)
+    finally:
+        steps.close()
+    doc = result.to_json()
+    code = 0 if result.registered or (result.dry_run and result.gate.passed) else 3
+    if result.registered and result.version is not None and (a.canary or a.shadow):
+        try:
+            doc["deployment"] = _start_version(a, settings, result.parent, result.version)
+            what = f"canary at {a.canary:g}%" if a.canary else f"shadow at {a.shadow:g}%"
+            steps.say(f"v{result.version} started as a {what} (control v{result.parent})")
+            if tracker is not None:
+                doc["mlflow_aliases"] = tracker.set_aliases(
+                    a.model, {"champion": result.parent, "challenger": result.version}
+                )
+        except (ConnectionError, RiskserveError) as e:
+            print(f"riskserve retrain: {e}", file=sys.stderr)
+            doc["deployment"] = {"error": str(e)}
+            code = 1
+    if not result.gate.passed:
+        for failure in result.gate.failures:
+            print(f"riskserve retrain: gate: {failure}", file=sys.stderr)
+    if a.json:
+        print(json.dumps(doc))
+    else:
+        verdict = "passed" if result.gate.passed else "FAILED"
+        print(f"{'figure':<14} {'champion':>9} {'challenger':>10} {'margin':>7}")
+        for c in result.gate.checks:
+
+            def f(x: float | None) -> str:
+                return "-" if x is None else f"{x:.4f}"
+
+            print(f"{c.figure:<14} {f(c.champion):>9} {f(c.challenger):>10} {c.margin:>7g}")
+        done = f"registered v{result.version}" if result.registered else "nothing registered"
+        print(f"gate {verdict}: {done} (parent v{result.parent}, snapshot {result.snapshot})")
+    return code
+
+
 @contextlib.contextmanager
 def _progress_bar(total: int, what: str) -> Iterator[Callable[[int], None]]:
     """A progress bar on stderr (rich) while a long transfer runs."""
@@ -463,6 +765,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="choose the lowest threshold whose holdout precision reaches this, in (0, 1]",
     )
     t.add_argument("--signing-key", help="ed25519 private key (PEM): sign the new version")
+    from riskserve.config import setting
+
+    for key in ("mlflow_tracking_uri", "mlflow_experiment"):
+        _add_setting_flag(t, setting(key), setting(key).flag)
     t.set_defaults(fn=cmd_train)
 
     k = sub.add_parser("keygen", help="make an ed25519 key pair for signing model versions")
@@ -545,6 +851,84 @@ def build_parser() -> argparse.ArgumentParser:
             dr.add_argument("--out", required=True, help="PNG path")
             dr.add_argument("--top", type=int, default=6)
         dr.set_defaults(fn=fn)
+
+    dash = sub.add_parser(
+        "dashboard",
+        help="draw the Grafana dashboard's time-series panels to a PNG from Prometheus",
+    )
+    dash.add_argument("--prometheus", required=True, help="e.g. http://localhost:9090")
+    dash.add_argument("--model", action="append", help="the $model variable (repeat; default All)")
+    dash.add_argument("--variant", action="append", help="the $variant variable (default All)")
+    dash.add_argument("--range", default="1h", help="time range ending now (90m, 6h, 2d)")
+    dash.add_argument("--png", required=True, type=Path)
+    dash.add_argument(
+        "--scrape-interval",
+        default="auto",
+        help="for $__rate_interval, as Grafana's data source timeInterval; auto: "
+        "Prometheus' global scrape_interval",
+    )
+    dash.add_argument(
+        "--dashboard", type=Path, default=None, help="default: deploy/grafana/riskserve.json"
+    )
+    dash.add_argument("--timeout", type=float, default=30.0)
+    dash.set_defaults(fn=cmd_dashboard)
+
+    rw = sub.add_parser(
+        "retrain-watch",
+        help="retrain a model on a schedule, on held drift or on falling recall",
+        description="Watch a serving fleet's /metrics and run `riskserve retrain` (a niced "
+        "child process, one at a time) when the daily schedule, a held drift alert or a "
+        "falling recall says so. Every flag overrides its RISKSERVE_* variable "
+        "(docs/settings.md, settings.watch).",
+    )
+    rw_flags = rw.add_argument_group("watch settings")
+    for setting_info, flag in _watch_flags():
+        _add_setting_flag(rw_flags, setting_info, flag)
+    rw.set_defaults(fn=cmd_retrain_watch)
+
+    rt = sub.add_parser(
+        "retrain",
+        help="retrain a model from its labelled prediction log (champion/challenger gate)",
+        description="Snapshot the labelled prediction log (predictions older than --maturity "
+        "within --window, optionally after --base), train a challenger with the champion's "
+        "spec and hyper-parameters, judge both on the most recent labelled predictions, and "
+        "register the challenger only if the gate passes; optionally start it as a canary or "
+        "shadow. Exit 0: registered (or --dry-run passed); 3: the gate refused; 2: bad input; "
+        "1: registered but the canary/shadow could not be started. Settings flags override "
+        "their RISKSERVE_* variables (docs/settings.md, settings.retrain).",
+    )
+    rt.add_argument("--model", required=True)
+    rt.add_argument(
+        "--trigger", choices=("manual", "schedule", "drift", "recall"), default="manual",
+        help="why this run happens (recorded in the manifest and MLflow)",
+    )  # fmt: skip
+    rt.add_argument(
+        "--window", help="prediction times before the maturity to take (30d); default "
+        "RISKSERVE_OUTCOME_WINDOW_SECONDS",
+    )  # fmt: skip
+    rt.add_argument(
+        "--maturity", help="leave out predictions younger than this (14d, 0d); default "
+        "RISKSERVE_OUTCOME_MATURITY_SECONDS",
+    )  # fmt: skip
+    rt.add_argument("--base", help="a base dataset (CSV/Parquet as datagen writes) to train on too")
+    rt.add_argument("--from-snapshot", help="retrain from this snapshot instead of the log")
+    start = rt.add_mutually_exclusive_group()
+    start.add_argument("--canary", type=float, metavar="PCT", help="start it at PCT%% of traffic")
+    start.add_argument("--shadow", type=float, metavar="PCT", help="shadow PCT%% of requests")
+    rt.add_argument("--server", default="localhost:8001", help="admin API for --canary/--shadow")
+    rt.add_argument("--token", default="", help="default: $RISKSERVE_ADMIN_TOKEN(_FILE)")
+    rt.add_argument("--timeout", type=float, default=60.0, help="admin calls, seconds")
+    rt.add_argument("--seed", type=int, help="default: the champion's")
+    rt.add_argument("--dry-run", action="store_true", help="stop after the gate")
+    rt.add_argument(
+        "--shuffle-training-labels", action="store_true",
+        help="negative control: shuffle the training rows' labels; the gate must refuse",
+    )  # fmt: skip
+    rt.add_argument("--json", action="store_true", help="last line: the result as JSON")
+    rt_flags = rt.add_argument_group("retrain settings")
+    for setting_info, flag in _retrain_flags():
+        _add_setting_flag(rt_flags, setting_info, flag)
+    rt.set_defaults(fn=cmd_retrain)
 
     lb = sub.add_parser("labels", help="ground-truth labels: send a file of them")
     lops = lb.add_subparsers(dest="op", required=True)

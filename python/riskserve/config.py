@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
+import shlex
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -517,6 +519,248 @@ class SecuritySettings(_Group):
         return bool(self.tls_cert_file)
 
 
+@dataclasses.dataclass(frozen=True)
+class RetrainSettings(_Group):
+    """`riskserve retrain` (and tracking of `train`): the gate, the holdout, snapshots, MLflow."""
+
+    max_auc_drop: float = _setting(
+        0.005,
+        "RETRAIN_MAX_AUC_DROP",
+        "The gate: the challenger's AUC on the holdout may be at most this below the "
+        "champion's, or nothing is registered.",
+        at_least=0,
+        at_most=1,
+    )
+    max_recall_drop: float = _setting(
+        0.02,
+        "RETRAIN_MAX_RECALL_DROP",
+        "The gate: the challenger's holdout recall at the champion's false-positive rate may "
+        "be at most this below the champion's.",
+        at_least=0,
+        at_most=1,
+    )
+    max_precision_drop: float = _setting(
+        0.05,
+        "RETRAIN_MAX_PRECISION_DROP",
+        "The gate: the challenger's holdout precision at its operating threshold may be at "
+        "most this below the champion's at its own.",
+        at_least=0,
+        at_most=1,
+    )
+    max_amount_recall_drop: float = _setting(
+        0.05,
+        "RETRAIN_MAX_AMOUNT_RECALL_DROP",
+        "The gate: the challenger's amount-weighted recall at its threshold (fraud labels "
+        "with an amount) may be at most this below the champion's.",
+        at_least=0,
+        at_most=1,
+    )
+    holdout_share: float = _setting(
+        0.2,
+        "RETRAIN_HOLDOUT_SHARE",
+        "The holdout both models are judged on: this share of the snapshot's labelled "
+        "predictions, the most recent ones (a time split; ties at the cut go with it).",
+        at_least=0.01,
+        at_most=0.9,
+    )
+    min_holdout_fraud: int = _setting(
+        30,
+        "RETRAIN_MIN_HOLDOUT_FRAUD",
+        "Fraud labels the holdout needs: with fewer, the run stops before training (the "
+        "gate's figures would be noise).",
+        at_least=1,
+    )
+    rounds: int = _setting(
+        0, "RETRAIN_ROUNDS", "Boosting rounds of the challenger; 0 = the champion's.", at_least=0
+    )
+    unlabelled: str = _setting(
+        "drop",
+        "RETRAIN_UNLABELLED",
+        "Predictions still without a label after the maturity: drop (left out of the "
+        "snapshot) or legit (kept as legitimate: no chargeback came); label coverage is "
+        "recorded either way.",
+        choices=("drop", "legit"),
+    )
+    snapshot_dir: str = _setting(
+        "",
+        "RETRAIN_SNAPSHOT_DIR",
+        "Folder of the Parquet snapshots, named <sha256>.parquet; empty = "
+        "<models>/<model>/.snapshots. Shared storage works.",
+    )
+    mlflow_tracking_uri: str = _setting(
+        "",
+        "MLFLOW_TRACKING_URI",
+        "MLflow tracking server (http://...) or file store (file:///...) every train and "
+        "retrain run is logged to; empty = none. riskserve's registry stays the source of truth.",
+        flag="--mlflow-uri",
+    )
+    mlflow_experiment: str = _setting(
+        "riskserve",
+        "MLFLOW_EXPERIMENT",
+        "MLflow experiment of those runs (created when missing).",
+    )
+
+
+_DAILY_AT = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchSettings(_Group):
+    """`riskserve retrain-watch`: when to retrain a model, and how the run is started."""
+
+    model: str = _setting("fraud", "RETRAIN_WATCH_MODEL", "Model whose retraining is watched.")
+    metrics_url: str = _setting(
+        "http://localhost:8002/metrics",
+        "RETRAIN_WATCH_METRICS_URL",
+        "The serving fleet's Prometheus /metrics (with --workers, the supervisor's merged "
+        "one): drift and outcomes are read from it.",
+    )
+    poll_seconds: float = _setting(
+        5.0, "RETRAIN_WATCH_POLL_SECONDS", "How often /metrics is read, seconds.", above=0
+    )
+    max_backoff_seconds: float = _setting(
+        60.0,
+        "RETRAIN_WATCH_MAX_BACKOFF_SECONDS",
+        "Longest wait between reads while /metrics cannot be reached (the wait doubles "
+        "from RISKSERVE_RETRAIN_WATCH_POLL_SECONDS), seconds.",
+        above=0,
+    )
+    daily_at: str = _setting(
+        "",
+        "RETRAIN_WATCH_DAILY_AT",
+        "Retrain every day at this time, HH:MM in UTC; empty = no schedule.",
+    )
+    drift: bool = _setting(
+        True,
+        "RETRAIN_WATCH_DRIFT",
+        "Retrain when the score's or a top feature's sliding-window PSI has stayed above "
+        "the threshold for RISKSERVE_RETRAIN_WATCH_DRIFT_HOLD_SECONDS.",
+    )
+    drift_hold_seconds: float = _setting(
+        1800.0,
+        "RETRAIN_WATCH_DRIFT_HOLD_SECONDS",
+        "How long a drift alert must hold without a break before it triggers, seconds.",
+        at_least=0,
+    )
+    drift_top_features: int = _setting(
+        5,
+        "RETRAIN_WATCH_DRIFT_TOP_FEATURES",
+        "Raw inputs watched besides the score: the model's N most important by gain "
+        "(0 = the score alone).",
+        at_least=0,
+    )
+    drift_threshold: float = _setting(
+        0.0,
+        "RETRAIN_WATCH_DRIFT_THRESHOLD",
+        "PSI above which a watched field counts as drifting; 0 = the server's own alert "
+        "(riskserve_drift_alert, RISKSERVE_DRIFT_THRESHOLD).",
+        at_least=0,
+    )
+    recall_below: float = _setting(
+        0.0,
+        "RETRAIN_WATCH_RECALL_BELOW",
+        "Retrain when the control variant's realised recall (riskserve_outcome_recall) is "
+        "below this; 0 = never.",
+        at_least=0,
+        at_most=1,
+    )
+    recall_min_fraud_labels: int = _setting(
+        50,
+        "RETRAIN_WATCH_RECALL_MIN_FRAUD_LABELS",
+        "Fraud labels the control needs before its recall is believed.",
+        at_least=1,
+    )
+    min_labels: int = _setting(
+        1000,
+        "RETRAIN_WATCH_MIN_LABELS",
+        "No run starts (whatever the trigger) while the model has fewer mature labelled "
+        "predictions than this (riskserve_outcome_labelled).",
+        at_least=0,
+    )
+    min_interval_seconds: float = _setting(
+        21600.0,
+        "RETRAIN_WATCH_MIN_INTERVAL_SECONDS",
+        "No run starts within this long of the previous run's end (whatever its result), in "
+        "seconds.",
+        at_least=0,
+    )
+    timeout_seconds: float = _setting(
+        3600.0,
+        "RETRAIN_WATCH_TIMEOUT_SECONDS",
+        "A retrain still running after this long is killed (result timeout), seconds.",
+        above=0,
+    )
+    stop_seconds: float = _setting(
+        30.0,
+        "RETRAIN_WATCH_STOP_SECONDS",
+        "On SIGTERM, how long a running retrain gets to stop after its own SIGTERM before "
+        "it is killed, seconds.",
+        at_least=0,
+    )
+    nice: int = _setting(
+        10,
+        "RETRAIN_WATCH_NICE",
+        "Niceness the retrain runs at (it yields the cores to anything serving).",
+        at_least=0,
+        at_most=19,
+    )
+    start: str = _setting(
+        "canary",
+        "RETRAIN_WATCH_START",
+        "What a registered version starts as, through the admin API of "
+        "RISKSERVE_RETRAIN_WATCH_SERVER: canary, shadow, or none (registered only).",
+        choices=("canary", "shadow", "none"),
+    )
+    percent: float = _setting(
+        10.0,
+        "RETRAIN_WATCH_PERCENT",
+        "The new version's canary traffic or shadow sample, percent.",
+        above=0,
+        at_most=100,
+    )
+    server: str = _setting(
+        "localhost:8001",
+        "RETRAIN_WATCH_SERVER",
+        "gRPC address of a server of the fleet, for the canary or shadow.",
+    )
+    retrain_args: str = _setting(
+        "",
+        "RETRAIN_WATCH_RETRAIN_ARGS",
+        "More arguments for `riskserve retrain`, as shell words (--window 30d).",
+    )
+    metrics_host: str = _setting(
+        "0.0.0.0", "RETRAIN_WATCH_METRICS_HOST", "Address the watcher's own /metrics binds."
+    )
+    metrics_port: int = _setting(
+        8003,
+        "RETRAIN_WATCH_METRICS_PORT",
+        "The watcher's own Prometheus /metrics port; 0 picks a free port, -1 disables it.",
+        at_least=-1,
+        at_most=65535,
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.daily_at and not _DAILY_AT.match(self.daily_at):
+            raise ValueError(
+                "RISKSERVE_RETRAIN_WATCH_DAILY_AT must be HH:MM in UTC (00:00..23:59) or "
+                f"empty, got {self.daily_at!r}"
+            )
+        try:
+            shlex.split(self.retrain_args)
+        except ValueError as e:
+            raise ValueError(
+                f"RISKSERVE_RETRAIN_WATCH_RETRAIN_ARGS must be shell words: {e}, "
+                f"got {self.retrain_args!r}"
+            ) from None
+
+    @property
+    def daily_at_minute(self) -> int | None:
+        """Minutes after midnight UTC of the daily run; None without a schedule."""
+        m = _DAILY_AT.match(self.daily_at)
+        return None if m is None else int(m.group(1)) * 60 + int(m.group(2))
+
+
 GROUPS: dict[str, type[_Group]] = {
     "server": ServerSettings,
     "scoring": ScoringSettings,
@@ -528,6 +772,8 @@ GROUPS: dict[str, type[_Group]] = {
     "compile": CompileSettings,
     "security": SecuritySettings,
     "feedback": FeedbackSettings,
+    "retrain": RetrainSettings,
+    "watch": WatchSettings,
 }
 
 
@@ -642,6 +888,8 @@ class Settings:
     compile: CompileSettings = dataclasses.field(default_factory=CompileSettings)
     security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
     feedback: FeedbackSettings = dataclasses.field(default_factory=FeedbackSettings)
+    retrain: RetrainSettings = dataclasses.field(default_factory=RetrainSettings)
+    watch: WatchSettings = dataclasses.field(default_factory=WatchSettings)
 
     @classmethod
     def load(
@@ -688,6 +936,21 @@ def setting(key: str) -> SettingInfo:
     return _BY_KEY[key]
 
 
+#: Groups whose flags belong to a command other than `serve`: the command, and the
+#: prefix a setting's flag drops there (`RISKSERVE_RETRAIN_MAX_AUC_DROP` is
+#: `riskserve retrain --max-auc-drop`).
+COMMAND_GROUPS: dict[str, tuple[str, str]] = {
+    "retrain": ("retrain", "--retrain-"),
+    "watch": ("retrain-watch", "--retrain-watch-"),
+}
+
+
+def command_flag(s: SettingInfo) -> tuple[str, str]:
+    """(command, flag) of a setting: `serve` and its flag, or its group's command."""
+    command, prefix = COMMAND_GROUPS.get(s.group, ("serve", ""))
+    return command, s.flag.replace(prefix, "--", 1) if prefix else s.flag
+
+
 def _parse(s: SettingInfo, raw: str) -> Any:
     try:
         if s.kind is bool:
@@ -714,7 +977,8 @@ def markdown() -> str:
         "     do not edit. tests/test_settings.py fails when this file is stale. -->",
         "",
         "Every setting is read from an environment variable and can be overridden by a",
-        "flag of `riskserve serve`: defaults, then the environment, then the flags. Booleans",
+        "flag of `riskserve serve` (the retrain and watch groups: of `riskserve retrain` and",
+        "`riskserve retrain-watch`): defaults, then the environment, then the flags. Booleans",
         "take `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`) in the environment and",
         "`--flag` / `--no-flag` on the command line. Every value is checked at start: a",
         "value out of range stops the server with a message naming its variable.",
@@ -731,7 +995,10 @@ def markdown() -> str:
         for s in SETTINGS:
             if s.group != group:
                 continue
-            flag = f"`{s.flag}` / `--no-{s.flag[2:]}`" if s.kind is bool else f"`{s.flag}`"
+            command, name = command_flag(s)
+            flag = f"`{name}` / `--no-{name[2:]}`" if s.kind is bool else f"`{name}`"
+            if command != "serve":
+                flag = f"{command} {flag}"
             allowed = s.allowed or _KIND_TEXT[s.kind]
             out.append(
                 f"| `{s.name}` | `{s.env}` | {flag} | `{s.default_text}` | {allowed} "
@@ -745,6 +1012,7 @@ def _first_line(doc: str | None) -> str:
 
 
 __all__ = [
+    "COMMAND_GROUPS",
     "ENV_PREFIX",
     "GROUPS",
     "LOG_LEVELS",
@@ -755,10 +1023,13 @@ __all__ = [
     "CompileSettings",
     "DriftSettings",
     "LimitsSettings",
+    "RetrainSettings",
     "ScoringSettings",
     "ServerSettings",
     "SettingInfo",
     "Settings",
+    "WatchSettings",
+    "command_flag",
     "markdown",
     "setting",
 ]

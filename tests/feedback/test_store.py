@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from multiprocessing.synchronize import Barrier as BarrierType
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from riskserve.feedback.store import (
     SCHEMA_VERSION,
     UNSTORABLE_REASON,
     FeedbackStore,
+    LoggedRows,
     StoreCounts,
     StoreError,
     iso_utc,
@@ -196,6 +198,108 @@ def test_values_round_trip_exactly(store: FeedbackStore) -> None:
         NOW + 1 / 9,
     )
     assert store.write_labels([label], NOW) == [DUPLICATE]
+
+
+def _all_logged(store: FeedbackStore, *args: float, **kw: Any) -> tuple[list[int], LoggedRows]:
+    """Chunk sizes of a logged_rows() stream, and its rows in one LoggedRows."""
+    chunks = list(store.logged_rows("fraud", *args, **kw))
+    rows = [
+        (c.id[i], c.ts[i], c.version[i], c.outcome[i], c.amount[i], c.label_time[i], c.inputs[i])
+        for c in chunks
+        for i in range(len(c))
+    ]
+    return [len(c) for c in chunks], LoggedRows.of(rows)
+
+
+def test_logged_rows_stream_the_window_with_current_labels_in_chunks(
+    store: FeedbackStore,
+) -> None:
+    store.write_predictions(
+        [
+            pred("c", T0 + 30, version=2),
+            pred("a", T0 + 10),
+            pred("a", T0 + 11, version=2, shadow=True),  # shadow: never streamed
+            pred("b", T0 + 20),
+            pred("d", T0 + 40),
+            pred("e", T0 + 50),
+            pred("late", T0 + 60),  # == until: outside
+            pred("early", T0 + 5 - 1e-3),  # before since: outside
+            pred("o", T0 + 12, model="fraud_onnx"),
+        ]
+    )
+    acks = store.write_labels(
+        [
+            lab("L-a", "a", Outcome.FRAUD, T0 + 100, amount=250.5),
+            lab("L-b", "b", Outcome.LEGIT, T0 + 200),
+            lab("L-c1", "c", Outcome.LEGIT, T0 + 300),
+            lab("L-c2", "c", Outcome.FRAUD, T0 + 400),  # revises c: the current label
+            lab("L-e", "e", Outcome.LEGIT, T0 + 500, amount=float("nan")),
+        ],
+        NOW,
+    )
+    assert acks == [ACCEPTED, ACCEPTED, ACCEPTED, REVISED, ACCEPTED]
+
+    sizes, got = _all_logged(store, T0 + 5, T0 + 60, chunk_rows=2)
+    assert sizes == [2, 2, 1]
+    assert got.id == ["a", "b", "c", "d", "e"]
+    assert got.ts.tolist() == [T0 + 10, T0 + 20, T0 + 30, T0 + 40, T0 + 50]
+    assert got.version.tolist() == [1, 1, 2, 1, 1]
+    assert got.outcome.tolist() == [1, 0, 1, -1, 0]
+    assert got.amount[0] == 250.5 and np.isnan(got.amount[1:]).all()
+    assert got.label_time[[0, 1, 2, 4]].tolist() == [T0 + 100, T0 + 200, T0 + 400, T0 + 500]
+    assert np.isnan(got.label_time[3])
+    # Inputs of labelled rows as logged; none for the unlabelled one unless asked.
+    assert [json.loads(t)["currency"] if t else None for t in got.inputs] == [
+        "EUR", "EUR", "EUR", None, "EUR",
+    ]  # fmt: skip
+    assert json.loads(got.inputs[0]) == json.loads(pred("a").inputs)
+    _, with_inputs = _all_logged(store, T0 + 5, T0 + 60, unlabelled_inputs=True)
+    assert json.loads(with_inputs.inputs[3]) == json.loads(pred("d").inputs)
+    assert with_inputs.id == got.id and with_inputs.outcome.tolist() == got.outcome.tolist()
+
+    sizes, none = _all_logged(store, T0 + 1000, T0 + 2000)
+    assert sizes == [] and len(none) == 0
+    assert len(LoggedRows.of([])) == 0 and LoggedRows.of([]).outcome.dtype == np.int8
+    with pytest.raises(ValueError, match="chunk_rows must be >= 1"):
+        next(store.logged_rows("fraud", 0, 1e12, chunk_rows=0))
+
+
+def test_logged_rows_give_a_retried_id_twice(store: FeedbackStore) -> None:
+    store.write_predictions([pred("r", T0), pred("r", T0 + 100)])
+    store.write_labels([lab("L1", "r", label_time=T0 + 200)], NOW)
+    _, got = _all_logged(store, 0, 1e12)
+    assert got.id == ["r", "r"] and got.outcome.tolist() == [1, 1]
+
+
+def test_logged_rows_read_one_snapshot(store: FeedbackStore) -> None:
+    """Rows and labels committed while a stream is being read are not in it: every
+    chunk comes from the snapshot the stream started on."""
+    store.write_predictions([pred(f"r{i}", T0 + i) for i in range(6)])
+    store.write_labels([lab(f"L{i}", f"r{i}", label_time=T0 + 100) for i in range(6)], NOW)
+    stream = store.logged_rows("fraud", 0, 1e12, chunk_rows=2)
+    first = next(stream)
+    assert first.id == ["r0", "r1"]
+    store.write_predictions([pred("r9", T0 + 3.5)])
+    store.write_labels([lab("L5b", "r5", Outcome.LEGIT, T0 + 200)], NOW)  # revises r5
+    rest = list(stream)
+    assert [i for c in rest for i in c.id] == ["r2", "r3", "r4", "r5"]
+    assert rest[-1].outcome.tolist() == [1, 1]
+    # A new stream sees both.
+    _, now = _all_logged(store, 0, 1e12)
+    assert now.id == ["r0", "r1", "r2", "r3", "r9", "r4", "r5"]
+    assert now.outcome.tolist() == [1, 1, 1, 1, -1, 1, 0]
+
+
+def test_logged_rows_closed_early_release_the_store(store: FeedbackStore) -> None:
+    """A stream abandoned half way ends its read transaction: writes and new streams
+    go on."""
+    store.write_predictions([pred(f"r{i}", T0 + i) for i in range(4)])
+    stream = store.logged_rows("fraud", 0, 1e12, chunk_rows=1)
+    assert next(stream).id == ["r0"]
+    stream.close()
+    store.write_predictions([pred("r9", T0 + 9)])
+    _, got = _all_logged(store, 0, 1e12)
+    assert got.id == ["r0", "r1", "r2", "r3", "r9"]
 
 
 def test_writes_and_reads_stay_fast_beside_a_busy_thread(store: FeedbackStore) -> None:

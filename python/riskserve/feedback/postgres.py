@@ -49,9 +49,11 @@ from riskserve.feedback.records import Joined, Label, LabelAck, LabelResult, Pre
 from riskserve.feedback.store import (
     CURRENT,
     EXPIRED_REASON,
+    LOGGED_CHUNK_ROWS,
     SCHEMA_VERSION,
     LabelRecord,
     LabelRules,
+    LoggedRows,
     Purged,
     StoreCounts,
     StoredLabel,
@@ -161,6 +163,19 @@ _JOINED = """
         WHERE c.request_id = p.id AND c.status = 'current' LIMIT 1
     ) l ON true
     WHERE p.model = %s AND p.ts >= %s AND p.ts < %s
+    ORDER BY p.ts, p.seq
+"""
+# The stream of logged_rows: one server-side cursor in a REPEATABLE READ transaction
+# (every chunk from one snapshot), the current label probed per row as in _JOINED.
+_LOGGED = """
+    SELECT p.id, p.ts, p.version, coalesce(l.outcome, -1), l.amount, l.label_time,
+           CASE WHEN l.outcome IS NOT NULL OR %s THEN p.inputs ELSE '' END
+    FROM predictions p
+    LEFT JOIN LATERAL (
+        SELECT c.outcome, c.label_time, c.amount FROM labels c
+        WHERE c.request_id = p.id AND c.status = 'current' LIMIT 1
+    ) l ON true
+    WHERE p.model = %s AND p.ts >= %s AND p.ts < %s AND NOT p.shadow
     ORDER BY p.ts, p.seq
 """
 _HISTORY = f"SELECT {_LABEL_COLUMNS} FROM labels WHERE request_id = %s ORDER BY seq"
@@ -510,6 +525,28 @@ class PostgresStore:
     def joined(self, model: str, since: float, until: float) -> Joined:
         rows = self._read("reading joined rows", _JOINED, (model, since, until))
         return Joined.of(rows)
+
+    def logged_rows(
+        self,
+        model: str,
+        since: float,
+        until: float,
+        *,
+        chunk_rows: int = LOGGED_CHUNK_ROWS,
+        unlabelled_inputs: bool = False,
+    ) -> Iterator[LoggedRows]:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                with conn.cursor(name="riskserve_logged_rows") as cur:
+                    cur.itersize = chunk_rows
+                    cur.execute(_LOGGED, (bool(unlabelled_inputs), model, since, until))
+                    while rows := cur.fetchmany(chunk_rows):
+                        yield LoggedRows.of(rows)
+        except psycopg.Error as e:
+            raise self._error(e, "reading the prediction log") from None
 
     def history(self, request_id: str) -> list[LabelRecord]:
         rows = self._read("reading label history", _HISTORY, (request_id,))

@@ -197,10 +197,10 @@ class UnavailableStore:
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    def _refuse(self, *args: object) -> NoReturn:
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
         raise StoreError(f"feedback store unavailable: {self.reason}")
 
-    write_predictions = write_labels = joined = history = counts = purge = _refuse
+    write_predictions = write_labels = joined = logged_rows = history = counts = purge = _refuse
 
     def close(self) -> None:
         pass

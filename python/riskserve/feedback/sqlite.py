@@ -35,9 +35,11 @@ from riskserve.feedback.records import Joined, Label, LabelAck, PredictionRow
 from riskserve.feedback.store import (
     CURRENT,
     EXPIRED_REASON,
+    LOGGED_CHUNK_ROWS,
     SCHEMA_VERSION,
     LabelRecord,
     LabelRules,
+    LoggedRows,
     Purged,
     StoreCounts,
     StoredLabel,
@@ -148,6 +150,18 @@ _JOINED = f"""
     FROM predictions p
     LEFT JOIN labels l ON l.request_id = p.id AND l.status = 'current'
     WHERE p.model = ? AND p.ts >= ? AND p.ts < ?
+"""
+# One statement for the whole stream, fetched chunk by chunk (logged_rows: a reader of
+# its own, not the server's event loop, so one step per row costs nothing extra). The
+# (model, ts) index holds the rowid, so the order needs no sort; the current label is
+# one probe of labels_current per row.
+_LOGGED = """
+    SELECT p.id, p.ts, p.version, coalesce(l.outcome, -1), l.amount, l.label_time,
+           CASE WHEN l.outcome IS NOT NULL OR ? THEN p.inputs ELSE '' END
+    FROM predictions p
+    LEFT JOIN labels l ON l.request_id = p.id AND l.status = 'current'
+    WHERE p.model = ? AND p.ts >= ? AND p.ts < ? AND p.shadow = 0
+    ORDER BY p.ts, p.seq
 """
 _COUNTS = """
     SELECT (SELECT count(*) FROM predictions), (SELECT count(*) FROM labels),
@@ -538,6 +552,27 @@ class SqliteStore:
             delay=(label_time - ts)[order],
             amount=_floats(c[10])[order],
         )
+
+    def logged_rows(
+        self,
+        model: str,
+        since: float,
+        until: float,
+        *,
+        chunk_rows: int = LOGGED_CHUNK_ROWS,
+        unlabelled_inputs: bool = False,
+    ) -> Iterator[LoggedRows]:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        with self._reading("reading the prediction log") as conn:
+            # One read transaction: every chunk comes from the same WAL snapshot.
+            conn.execute("BEGIN")
+            try:
+                cur = conn.execute(_LOGGED, (bool(unlabelled_inputs), model, since, until))
+                while rows := cur.fetchmany(chunk_rows):
+                    yield LoggedRows.of(rows)
+            finally:
+                conn.execute("COMMIT")
 
     def history(self, request_id: str) -> list[LabelRecord]:
         with self._reading("reading label history") as conn:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from riskserve.errors import Unavailable
 from riskserve.feedback.records import Joined, Label, LabelAck, LabelResult, PredictionRow
@@ -56,6 +59,49 @@ class Purged:
     expired: int
 
 
+#: Rows per chunk of FeedbackStore.logged_rows by default.
+LOGGED_CHUNK_ROWS = 50_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoggedRows:
+    """One chunk of `FeedbackStore.logged_rows`: non-shadow prediction rows with the
+    current label of each (if any), columns of equal length."""
+
+    id: list[str]
+    #: Prediction time, Unix seconds.
+    ts: npt.NDArray[np.float64]
+    version: npt.NDArray[np.int64]
+    #: 1 fraud, 0 legit, -1 no current label.
+    outcome: npt.NDArray[np.int8]
+    #: The label's amount (NaN where none was sent, or unlabelled).
+    amount: npt.NDArray[np.float64]
+    #: The label's time (NaN where unlabelled).
+    label_time: npt.NDArray[np.float64]
+    #: The raw inputs as logged (a JSON object text); "" for an unlabelled row unless
+    #: its inputs were asked for.
+    inputs: list[str]
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    @classmethod
+    def of(
+        cls, rows: Sequence[tuple[str, float, int, int, float | None, float | None, str]]
+    ) -> LoggedRows:
+        """From tuples in field order (what a store's query returns)."""
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 7
+        return cls(
+            id=list(cols[0]),
+            ts=np.asarray(cols[1], dtype=np.float64),
+            version=np.asarray(cols[2], dtype=np.int64),
+            outcome=np.asarray(cols[3], dtype=np.int8),
+            amount=np.asarray(cols[4], dtype=np.float64),  # None -> NaN
+            label_time=np.asarray(cols[5], dtype=np.float64),
+            inputs=list(cols[6]),
+        )
+
+
 class FeedbackStore(Protocol):
     """Thread-safe: the log writer thread, the label intake and outcome reads
     call it concurrently. Every write method commits before it returns."""
@@ -71,6 +117,24 @@ class FeedbackStore(Protocol):
     def write_labels(self, labels: Sequence[Label], received_at: float) -> list[LabelAck]: ...
 
     def joined(self, model: str, since: float, until: float) -> Joined: ...
+
+    def logged_rows(
+        self,
+        model: str,
+        since: float,
+        until: float,
+        *,
+        chunk_rows: int = LOGGED_CHUNK_ROWS,
+        unlabelled_inputs: bool = False,
+    ) -> Iterator[LoggedRows]:
+        """Every non-shadow prediction row of `model` with `since <= ts < until`, with
+        its current label, ordered by time (then insertion), streamed in chunks of at
+        most `chunk_rows` rows, all read from one consistent snapshot of the store
+        (what retraining reads: riskserve.training.snapshot). Unlabelled rows come
+        too (for label coverage), their inputs only with `unlabelled_inputs`. An id
+        logged twice (a client's retry) comes twice, both rows with its label. The
+        snapshot is held until the iterator is exhausted or closed."""
+        ...
 
     def history(self, request_id: str) -> list[LabelRecord]: ...
 
@@ -318,6 +382,7 @@ __all__ = [
     "AGREED",
     "CURRENT",
     "EXPIRED_REASON",
+    "LOGGED_CHUNK_ROWS",
     "PENDING",
     "REJECTED",
     "SCHEMA_VERSION",
@@ -327,6 +392,7 @@ __all__ = [
     "FeedbackStore",
     "LabelRecord",
     "LabelRules",
+    "LoggedRows",
     "Purged",
     "StoreCounts",
     "StoreError",

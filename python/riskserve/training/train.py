@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import platform
@@ -22,7 +23,7 @@ import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +35,9 @@ from riskserve.registry import ModelRepository, VersionRef
 from riskserve.runtime.loaded import spec_hash
 from riskserve.training.datagen import fingerprint, read_table
 from riskserve.training.spec_infer import infer_template
+
+if TYPE_CHECKING:
+    from riskserve.training.tracking import TrackedRun, Tracker
 
 Progress = Callable[[str], None]
 
@@ -344,9 +348,204 @@ def served_scores(files: dict[str, bytes], model_format: str, x: Any) -> npt.NDA
     return np.asarray(runtime.predict(x), dtype=np.float32).astype(np.float64)
 
 
-def train(cfg: TrainConfig, progress: Progress = lambda _m: None) -> TrainResult:
+@dataclasses.dataclass(frozen=True)
+class OperatingTarget:
+    """How the operating threshold is chosen: at most one of these (none: the alert
+    rate DEFAULT_ALERT_MULTIPLE times the training positive rate)."""
+
+    threshold: float | None = None
+    alert_rate: float | None = None
+    target_precision: float | None = None
+
+    def __post_init__(self) -> None:
+        check_operating_target(self.threshold, self.alert_rate, self.target_precision)
+
+    @classmethod
+    def like(cls, point: dict[str, Any]) -> OperatingTarget:
+        """The rule a manifest's `operating_point` was chosen by, to choose another
+        version's threshold the same way (the same alert rate, target precision or
+        explicit threshold)."""
+        chosen_for, target = point.get("chosen_for"), point.get("target")
+        if chosen_for == "precision" and target is not None:
+            return cls(target_precision=float(target))
+        if chosen_for == "alert_rate" and target is not None:
+            return cls(alert_rate=float(target))
+        if chosen_for == "explicit":
+            return cls(threshold=float(point["threshold"]))
+        return cls()
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """A model trained and scored, not registered yet: what `fit_model` returns and
+    `register` writes. Train and retrain share both."""
+
+    files: dict[str, bytes]
+    model_format: str
+    #: The fitted spec with its drift reference (features.json).
+    spec_json: str
+    feature_names: list[str]
+    #: LightGBM parameters as trained (seed included), and the rounds.
+    params: dict[str, Any]
+    rounds: int
+    #: The holdout's scores as served (float32 values widened to float64).
+    holdout_scores: npt.NDArray[np.float64]
+    operating_point: dict[str, Any]
+    metrics: dict[str, float]
+    train_rows: int
+    train_positive_rate: float
+
+    @property
+    def model_file(self) -> str:
+        return "model.onnx" if self.model_format == "onnx" else "model.txt"
+
+    @property
+    def model_sha256(self) -> str:
+        """The sha256 of the model file (the manifest's model_sha256 once registered)."""
+        return hashlib.sha256(self.files[self.model_file]).hexdigest()
+
+
+def fit_model(
+    template: dict[str, Any],
+    train_tab: pa.Table,
+    y_train: npt.NDArray[np.int32],
+    hold_tab: pa.Table,
+    y_hold: npt.NDArray[np.int32],
+    *,
+    params: dict[str, Any],
+    rounds: int,
+    model_format: str,
+    target: OperatingTarget,
+    spec_source: str,
+    progress: Progress = lambda _m: None,
+) -> Fitted:
+    """The one training implementation: fit the spec template on the training rows
+    with the Rust pipeline, build both matrices with that pipeline, train LightGBM
+    (deterministic: `params` carry the seed), score the holdout as served, choose the
+    operating threshold on those scores, evaluate at it and fit the drift reference
+    bins (training inputs, holdout scores)."""
     import lightgbm
 
+    if model_format not in ("lightgbm", "onnx"):
+        raise ValueError(f"--format must be lightgbm or onnx, not {model_format!r}")
+    names = [i["name"] for i in template["inputs"]]
+    progress(f"fitting the feature spec ({spec_source}) on {train_tab.num_rows} training rows")
+    train_cols = columns_of(train_tab, names)
+    spec_json = fit_spec(json.dumps(template), train_cols)
+    pipeline = FeaturePipeline(spec_json)
+    x_train = pipeline.transform(train_cols)
+    x_hold = pipeline.transform(columns_of(hold_tab, names))
+    progress(f"{pipeline.n_features} features from {len(names)} raw inputs")
+
+    dtrain = lightgbm.Dataset(
+        x_train,
+        label=y_train,
+        feature_name=_safe_feature_names(list(pipeline.feature_names)),
+        free_raw_data=True,
+    )
+    every = max(1, rounds // 10)
+
+    def report(env: Any) -> None:
+        if (env.iteration + 1) % every == 0 or env.iteration + 1 == rounds:
+            progress(f"boosting round {env.iteration + 1}/{rounds}")
+
+    booster = lightgbm.train(params, dtrain, num_boost_round=rounds, callbacks=[report])
+    files: dict[str, bytes] = {"model.txt": booster.model_to_string().encode()}
+    if model_format == "onnx":
+        progress("converting to ONNX")
+        files["model.onnx"] = to_onnx(booster, pipeline.n_features)
+    # Served scores are float32 (and, for ONNX, ONNX Runtime's): the threshold,
+    # the metrics and the score bins are all taken on the scores as served, or
+    # scores tied at a threshold or an edge land on the other side of it.
+    scores = served_scores(files, model_format, x_hold)
+    positive_rate = float(y_train.mean())
+    point = operating_point(
+        y_hold,
+        scores,
+        positive_rate=positive_rate,
+        threshold=target.threshold,
+        alert_rate=target.alert_rate,
+        target_precision=target.target_precision,
+    )
+    t = point["threshold"]
+    chosen = "" if point["target"] is None else f" {point['target']:g}"
+    progress(
+        f"operating threshold {t:.6g} ({point['chosen_for']}{chosen}): holdout alert rate "
+        f"{point['holdout_alert_rate']:.4f}, precision {point['holdout_precision']:.3f}, "
+        f"recall {point['holdout_recall']:.3f}"
+    )
+    metrics = evaluate(y_hold, scores, t)
+    progress(f"holdout AUC {metrics['auc']:.4f}")
+
+    progress("fitting drift reference bins (training inputs, holdout scores)")
+    spec_json = fit_reference(spec_json, train_cols, scores)
+    files["features.json"] = spec_json.encode()
+    return Fitted(
+        files=files,
+        model_format=model_format,
+        spec_json=spec_json,
+        feature_names=list(pipeline.feature_names),
+        params=params,
+        rounds=rounds,
+        holdout_scores=scores,
+        operating_point=point,
+        metrics=metrics,
+        train_rows=train_tab.num_rows,
+        train_positive_rate=positive_rate,
+    )
+
+
+def manifest_of(
+    fitted: Fitted,
+    *,
+    data: dict[str, Any],
+    template: dict[str, Any],
+    spec_source: str,
+    holdout: float | str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A new version's manifest: what produced it (`data`: where its rows came from)
+    and what it is. The spec template is kept so that a retrain refits exactly what
+    this training fitted."""
+    return {
+        "model_format": fitted.model_format,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "data": data,
+        "spec_sha256": spec_hash(fitted.spec_json),
+        "spec_source": spec_source,
+        "spec_template": template,
+        "feature_names": fitted.feature_names,
+        "hyperparameters": {**fitted.params, "num_boost_round": fitted.rounds, "holdout": holdout},
+        "operating_point": fitted.operating_point,
+        "metrics": fitted.metrics,
+        "libraries": library_versions(),
+        "code_revision": code_revision(),
+        **(extra or {}),
+    }
+
+
+def register(
+    models_dir: Path,
+    model: str,
+    fitted: Fitted,
+    manifest: dict[str, Any],
+    progress: Progress = lambda _m: None,
+) -> TrainResult:
+    """Writes the next version of `model` (atomically: all of it or nothing)."""
+    repo = ModelRepository(models_dir)
+    ref = repo.write_version(model, fitted.files, manifest)
+    sha = repo.verify(ref).model_sha256
+    progress(f"registered {model} version {ref.version} at {ref.path} (model sha256 {sha[:16]}…)")
+    return TrainResult(
+        ref=ref, metrics=fitted.metrics, model_sha256=sha, operating_point=fitted.operating_point
+    )
+
+
+def train(
+    cfg: TrainConfig, progress: Progress = lambda _m: None, tracker: Tracker | None = None
+) -> TrainResult:
+    """`riskserve train`: a file of rows → a random holdout → fit_model → register
+    (logged to MLflow when a tracker is given)."""
     if cfg.model_format not in ("lightgbm", "onnx"):
         raise ValueError(f"--format must be lightgbm or onnx, not {cfg.model_format!r}")
     progress(f"reading {cfg.data}")
@@ -372,83 +571,52 @@ def train(cfg: TrainConfig, progress: Progress = lambda _m: None) -> TrainResult
     hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
     train_tab, hold_tab = table.take(pa.array(train_idx)), table.take(pa.array(hold_idx))
 
-    progress(f"fitting the feature spec ({spec_source}) on {len(train_idx)} training rows")
-    spec_json = fit_spec(json.dumps(template), columns_of(train_tab, names))
-    pipeline = FeaturePipeline(spec_json)
-    x_train = pipeline.transform(columns_of(train_tab, names))
-    x_hold = pipeline.transform(columns_of(hold_tab, names))
-    progress(f"{pipeline.n_features} features from {len(names)} raw inputs")
-
     params = {**DEFAULT_PARAMS, **cfg.params, "seed": cfg.seed}
-    dtrain = lightgbm.Dataset(
-        x_train,
-        label=y[train_idx],
-        feature_name=_safe_feature_names(list(pipeline.feature_names)),
-        free_raw_data=True,
-    )
-    every = max(1, cfg.rounds // 10)
-
-    def report(env: Any) -> None:
-        if (env.iteration + 1) % every == 0 or env.iteration + 1 == cfg.rounds:
-            progress(f"boosting round {env.iteration + 1}/{cfg.rounds}")
-
-    booster = lightgbm.train(params, dtrain, num_boost_round=cfg.rounds, callbacks=[report])
-    files: dict[str, bytes] = {"model.txt": booster.model_to_string().encode()}
-    if cfg.model_format == "onnx":
-        progress("converting to ONNX")
-        files["model.onnx"] = to_onnx(booster, pipeline.n_features)
-    # Served scores are float32 (and, for ONNX, ONNX Runtime's): the threshold,
-    # the metrics and the score bins are all taken on the scores as served, or
-    # scores tied at a threshold or an edge land on the other side of it.
-    scores = served_scores(files, cfg.model_format, x_hold)
-    y_hold = y[hold_idx]
-    point = operating_point(
-        y_hold,
-        scores,
-        positive_rate=float(y[train_idx].mean()),
-        threshold=cfg.threshold,
-        alert_rate=cfg.alert_rate,
-        target_precision=cfg.target_precision,
-    )
-    t = point["threshold"]
-    target = "" if point["target"] is None else f" {point['target']:g}"
-    progress(
-        f"operating threshold {t:.6g} ({point['chosen_for']}{target}): holdout alert rate "
-        f"{point['holdout_alert_rate']:.4f}, precision {point['holdout_precision']:.3f}, "
-        f"recall {point['holdout_recall']:.3f}"
-    )
-    metrics = evaluate(y_hold, scores, t)
-    progress(f"holdout AUC {metrics['auc']:.4f}")
-
-    progress("fitting drift reference bins (training inputs, holdout scores)")
-    spec_json = fit_reference(spec_json, columns_of(train_tab, names), scores)
-    files["features.json"] = spec_json.encode()
-
-    manifest = {
-        "model_format": cfg.model_format,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "data": {
-            "path": str(cfg.data),
-            "fingerprint_sha256": data_fp,
-            "rows": table.num_rows,
-            "train_rows": len(train_idx),
-            "holdout_rows": n_hold,
-            "target": cfg.target,
-            "positive_rate": float(y.mean()),
-        },
-        "spec_sha256": spec_hash(spec_json),
-        "spec_source": spec_source,
-        "feature_names": list(pipeline.feature_names),
-        "hyperparameters": {**params, "num_boost_round": cfg.rounds, "holdout": cfg.holdout},
-        "operating_point": point,
-        "metrics": metrics,
-        "libraries": library_versions(),
-        "code_revision": code_revision(),
+    data = {
+        "path": str(cfg.data),
+        "fingerprint_sha256": data_fp,
+        "rows": table.num_rows,
+        "train_rows": len(train_idx),
+        "holdout_rows": n_hold,
+        "target": cfg.target,
+        "positive_rate": float(y.mean()),
     }
-    repo = ModelRepository(cfg.models_dir)
-    ref = repo.write_version(cfg.model, files, manifest)
-    sha = repo.verify(ref).model_sha256
-    progress(
-        f"registered {cfg.model} version {ref.version} at {ref.path} (model sha256 {sha[:16]}…)"
-    )
-    return TrainResult(ref=ref, metrics=metrics, model_sha256=sha, operating_point=point)
+
+    def fit_and_register(run: TrackedRun | None) -> TrainResult:
+        if run is not None:
+            run.log_params(
+                {**params, "num_boost_round": cfg.rounds, "holdout": cfg.holdout,
+                 "model_format": cfg.model_format, "spec_source": spec_source}
+            )  # fmt: skip
+            run.log_dataset(
+                name=cfg.data.name, sha256=data_fp, source=str(cfg.data), rows=table.num_rows,
+                context="training", target=cfg.target,
+            )  # fmt: skip
+        fitted = fit_model(
+            template,
+            train_tab,
+            y[train_idx],
+            hold_tab,
+            y[hold_idx],
+            params=params,
+            rounds=cfg.rounds,
+            model_format=cfg.model_format,
+            target=OperatingTarget(cfg.threshold, cfg.alert_rate, cfg.target_precision),
+            spec_source=spec_source,
+            progress=progress,
+        )
+        if run is not None:
+            run.log_metrics(fitted.metrics)
+            run.log_model_files(fitted.files)  # before registering: a broken tracker stops here
+        manifest = manifest_of(
+            fitted, data=data, template=template, spec_source=spec_source, holdout=cfg.holdout
+        )
+        result = register(cfg.models_dir, cfg.model, fitted, manifest, progress)
+        if run is not None:
+            run.registered(cfg.model, result.ref.version, progress)
+        return result
+
+    if tracker is None:
+        return fit_and_register(None)
+    with tracker.run(f"train {cfg.model}", {"riskserve.command": "train"}) as run:
+        return fit_and_register(run)
