@@ -73,7 +73,13 @@ SERVER_FIXTURES = frozenset({"server", "start_server", "launch_server"})
 #: A test module importing from one of these is slow (lleaves compiles models).
 SLOW_MODULES = frozenset({"riskserve.runtime.compiled"})
 #: Test files that need promtool or prometheus (`make tools`).
-NEEDS_TOOLS = frozenset({"monitoring/test_rules.py", "monitoring/test_prometheus_scrape.py"})
+NEEDS_TOOLS = frozenset(
+    {
+        "monitoring/test_rules.py",
+        "monitoring/test_prometheus_scrape.py",
+        "e2e/test_grafana_dashboard.py",
+    }
+)
 
 _DEFAULT_TIMEOUT = 120  # seconds, for e2e and registry tests without their own mark
 

@@ -24,15 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -40,15 +33,13 @@ import numpy as np
 import pytest
 from conftest import ServerHandle, train_model
 from prometheus_client.parser import text_string_to_metric_families
+from promserver import Prom, http_get, start_prometheus
 
 from riskserve.client import Client, build_request, probabilities
 from riskserve.training.datagen import generate, run_datagen
 from riskserve.training.train import columns_of
 
 pytestmark = pytest.mark.timeout(60)
-
-ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 
 MODEL = "fraud"
 VERSION = "1"
@@ -59,7 +50,6 @@ BATCH = 100
 SHARE_FLOOR = 1e-4  # rust/core/src/drift.rs SHARE_FLOOR
 SCORE = "__score__"
 
-WAIT = 30.0  # seconds, for each wait on Prometheus
 PSI_TOL = 1e-6
 
 Columns = dict[str, Any]
@@ -68,82 +58,6 @@ Columns = dict[str, Any]
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 30.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return str(resp.read().decode())
-
-
-class Prom:
-    """A Prometheus process and its HTTP API."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
-        self.proc = proc
-        self.url = url
-        self.log = log
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-    def query(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
-        """Instant query at `at` (unix seconds) or now: [(labels, value)] (a scalar
-        gives one row, no labels)."""
-        params = {"query": promql}
-        if at is not None:
-            params["time"] = f"{at:.4f}"
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode(params)
-        body = json.loads(http_get(url))
-        assert body["status"] == "success", body
-        data = body["data"]
-        if data["resultType"] == "scalar":
-            return [({}, float(data["result"][1]))]
-        return [(r["metric"], float(r["value"][1])) for r in data["result"]]
-
-    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if check():
-                    return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"timed out after {timeout}s waiting for {what}\n"
-                    f"targets: {self.targets()}\nprometheus log:\n{self.log_tail()}"
-                )
-            time.sleep(0.2)
-
-    def targets(self) -> str:
-        """(instance, health, last error) of every active target, for messages."""
-        try:
-            body = json.loads(http_get(f"{self.url}/api/v1/targets"))
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-            return f"unavailable ({e})"
-        return repr(
-            [
-                (t["labels"]["instance"], t["health"], t["lastError"])
-                for t in body["data"]["activeTargets"]
-            ]
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @dataclasses.dataclass
@@ -244,12 +158,6 @@ class Fleet:
 def fleet(
     tmp_path_factory: pytest.TempPathFactory, launch_server: Callable[..., ServerHandle]
 ) -> Iterator[Fleet]:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.fail(
-            "prometheus is not installed: run `make tools` (Debian's prometheus package)",
-            pytrace=False,
-        )
     work = tmp_path_factory.mktemp("prom-scrape")
     t0 = time.monotonic()
 
@@ -272,52 +180,9 @@ def fleet(
         instances = tuple(f"127.0.0.1:{p}" for p in metrics_ports)
 
         # Prometheus, scraping both replicas every second, rules every second.
-        rules = work / "rules.yml"
-        shutil.copy(RULES, rules)
-        config = work / "prometheus.yml"
-        config.write_text(
-            "global:\n"
-            "  scrape_interval: 1s\n"
-            "  scrape_timeout: 1s\n"
-            "  evaluation_interval: 1s\n"
-            f"rule_files:\n  - {rules}\n"
-            "scrape_configs:\n"
-            "  - job_name: riskserve\n"
-            "    static_configs:\n"
-            f"      - targets: [{instances[0]!r}, {instances[1]!r}]\n"
-        )
-        port = free_port()
-        log = work / "prometheus.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    prometheus,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={work / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--log.level=warn",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        prom = Prom(proc, f"http://127.0.0.1:{port}", log)
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=2) as r:
-                    return bool(r.status == 200)
-            except urllib.error.HTTPError:
-                return False
-
-        prom.wait_for("prometheus /-/ready", ready)
-
-        def both_up() -> bool:
-            up = {m["instance"]: v for m, v in prom.query('up{job="riskserve"}')}
-            return up == {instances[0]: 1.0, instances[1]: 1.0}
-
+        prom = start_prometheus(work, {"riskserve": instances})
         # Both scraped once before any traffic: every bin counter is seen at 0.
-        prom.wait_for("both targets up", both_up)
+        prom.wait_up("riskserve", instances)
 
         # Traffic. A: like the training data. B: another seed, amounts x 10.
         for h in servers:
