@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, Protocol
 
@@ -17,10 +17,11 @@ import numpy.typing as npt
 
 from riskserve._native import InputError, packed_count
 from riskserve.config import BatchingSettings, ScoringSettings
-from riskserve.errors import DeadlineExceeded, InvalidInput, Overloaded, RiskserveError
+from riskserve.errors import DeadlineExceeded, InvalidInput, NotFound, Overloaded, RiskserveError
 from riskserve.feedback.log import Scored
 from riskserve.ids import uuid7
 from riskserve.monitoring import Metrics, ModelView, VersionView
+from riskserve.monitoring.statistics import ServedStatistics, VersionRecorder, VersionStatistics
 from riskserve.protocol import FLAGGED_NAME, OUTPUT_NAME
 from riskserve.routing import RoutingTable
 from riskserve.routing.table import Routed
@@ -83,6 +84,7 @@ class Shedder:
 class _VersionQueue(NamedTuple):
     batcher: Batcher
     shedder: Shedder
+    statistics: VersionRecorder
 
 
 class PredictionSink(Protocol):
@@ -149,6 +151,9 @@ class InferResult:
     flagged: npt.NDArray[np.bool_] | None = None
     #: The outputs in the order the client asked for them (none: probability).
     outputs: tuple[str, ...] = (OUTPUT_NAME,)
+    #: The serving version's statistics: the transport records the success once
+    #: the reply is built (VersionRecorder.succeeded).
+    statistics: VersionRecorder | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -204,8 +209,13 @@ class DataPlane:
         self._table = table
 
     def views(self) -> list[ModelView]:
-        """What this process serves, as the metrics read it at scrape time."""
-        return table_view(self._table)
+        """What this process serves, as the metrics read it at scrape time (and
+        the worker snapshots, with each version's statistics)."""
+        return table_view(self._table, self._recorder)
+
+    def _recorder(self, model: LoadedModel) -> VersionRecorder | None:
+        q = self._batchers.get(model)
+        return None if q is None else q.statistics
 
     def close(self) -> None:
         self.ready = False
@@ -232,20 +242,52 @@ class DataPlane:
             ),
         )
 
+    def statistics(self, name: str = "", version: str = "") -> list[ServedStatistics]:
+        """The statistics of the versions served now (Triton's ModelStatistics):
+        every version of every model (`name` empty), every version of `name`
+        (`version` empty), or that one version. NotFound for a model or version
+        not served; InvalidInput for a version that is not a version number."""
+        table = self._table
+        if not name:
+            if version:
+                raise InvalidInput("field 'version' needs field 'name' (the model)")
+            deps = [table.deployments[n] for n in sorted(table.deployments)]
+        else:
+            deps = [table.deployment(name)]
+        out = []
+        for dep in deps:
+            if version:
+                v = _version_number(version)
+                if v not in dep.versions:
+                    raise NotFound(f"model {dep.name!r} version {v} is not loaded")
+                versions = [v]
+            else:
+                versions = sorted(dep.versions)
+            for v in versions:
+                model = dep.versions[v]
+                rec = self._recorder(model)
+                stats = VersionStatistics() if rec is None else rec.snapshot()
+                out.append(ServedStatistics(dep.name, v, model.manifest.model_sha256, stats))
+        return out
+
     # -- inference ----------------------------------------------------------------
 
-    async def infer(self, req: InferRequest) -> InferResult:
+    async def infer(self, req: InferRequest, received: float | None = None) -> InferResult:
+        """Scores `req`. `received`: its time.perf_counter() when it arrived, before
+        it was decoded (default now), the start of its statistics' durations."""
         start = time.perf_counter()
+        if received is None:
+            received = start
         routed: Routed | None = None
         try:
             key = _routing_key(req)  # validated once: routing and the log use it
             routed = self._table.route(req.model_name, req.model_version, key)
-            result, rows, columns = await self._infer(routed, req)
+            result, rows, columns = await self._infer(routed, req, received)
         except RiskserveError as e:
-            self._record_error(req, routed, e.code.name)
+            self._record_error(req, routed, e.code.name, received)
             raise
         except Exception:
-            self._record_error(req, routed, "INTERNAL")
+            self._record_error(req, routed, "INTERNAL", received)
             raise
         seconds = time.perf_counter() - start
         model = routed.model
@@ -292,6 +334,7 @@ class DataPlane:
         if q is None:
             scoring = self._scoring
             shedder = Shedder(scoring.shed_target_seconds, scoring.shed_interval_seconds)
+            stats = VersionRecorder()
             batcher = Batcher(
                 model,
                 self._pool,
@@ -299,22 +342,30 @@ class DataPlane:
                 self._batching,
                 self._metrics.observe_batch,
                 on_dequeue=shedder.observe,
+                on_executed=stats.executed,
             )
-            q = self._batchers[model] = _VersionQueue(batcher, shedder)
+            q = self._batchers[model] = _VersionQueue(batcher, shedder, stats)
         return q
 
-    def _record_error(self, req: InferRequest, routed: Routed | None, code: str) -> None:
+    def _record_error(
+        self, req: InferRequest, routed: Routed | None, code: str, received: float | None = None
+    ) -> None:
+        """Counts a failed request: its metrics, its version's statistics (from
+        `received`, its perf_counter() on arrival) and, for a server fault in a
+        split, the canary guard."""
         if routed is None:
             # Unknown model names are not echoed into labels (unbounded cardinality).
             self._metrics.observe_error(self.model_label(req.model_name), "", "", code)
             return
         m = routed.model
         self._metrics.observe_error(m.name, str(m.version), routed.variant, code)
+        if received is not None:
+            self._queue(m).statistics.failed(received)
         if self.guard is not None and routed.split and code in SERVER_FAULTS:
             self.guard.record(m.name, m.version, routed.traffic_since, 0.0, False, None)
 
     async def _infer(
-        self, routed: Routed, req: InferRequest
+        self, routed: Routed, req: InferRequest, received: float
     ) -> tuple[InferResult, int, dict[str, Any]]:
         if req.time_remaining is not None and req.time_remaining <= 0:
             raise DeadlineExceeded("the request's deadline passed before it was scored")
@@ -330,7 +381,7 @@ class DataPlane:
             )
         self._inflight += 1
         try:
-            probs = await queue.batcher.submit(columns, rows, req.time_remaining)
+            probs = await queue.batcher.submit(columns, rows, req.time_remaining, received)
         finally:
             self._inflight -= 1
         outputs = tuple(req.requested_outputs) or (OUTPUT_NAME,)
@@ -347,6 +398,7 @@ class DataPlane:
             },
             flagged=probs >= routed.threshold if FLAGGED_NAME in outputs else None,
             outputs=outputs,
+            statistics=queue.statistics,
         )
         return result, rows, columns
 
@@ -468,20 +520,37 @@ class DataPlane:
         return columns, batch
 
 
-def table_view(table: RoutingTable) -> list[ModelView]:
+def table_view(
+    table: RoutingTable,
+    statistics: Callable[[LoadedModel], VersionRecorder | None] | None = None,
+) -> list[ModelView]:
     """The metrics' views of one routing table: each model's revision and its
-    loaded versions with their drift counters."""
+    loaded versions with their drift counters (and `statistics(version)`)."""
     return [
         ModelView(
             name,
             dep.revision,
             tuple(
-                VersionView(v, m.manifest.model_sha256, m.drift)
+                VersionView(
+                    v,
+                    m.manifest.model_sha256,
+                    m.drift,
+                    None if statistics is None else statistics(m),
+                )
                 for v, m in sorted(dep.versions.items())
             ),
         )
         for name, dep in table.deployments.items()
     ]
+
+
+def _version_number(text: str) -> int:
+    """A version named in a request field: a positive decimal number."""
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
+        raise InvalidInput(
+            f"field 'version' must be a version number (1, 2, ...), got {shown(text)}"
+        )
+    return int(text)
 
 
 def _routing_key(req: InferRequest) -> str | None:

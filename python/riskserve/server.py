@@ -156,6 +156,7 @@ class Server:
             self.deployments,
             settings.limits,
             rust_parser=server.rust_request_parser,
+            peer_statistics=None if self.snapshots is None else self.snapshots.peer_statistics,
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, ours)
         admin_pb2_grpc.add_ModelAdminServicer_to_server(

@@ -13,6 +13,15 @@ version's own reference (DriftMonitor.psi_of), so fleet PSI is the PSI of the
 combined traffic, not an average of per-worker PSIs. A worker that died keeps
 its last cumulative counts (counters never go backwards); its sliding-window
 counts stop counting once its snapshot is stale.
+
+The snapshots also carry each version's ModelStatistics figures
+(riskserve.monitoring.statistics). A worker answering ModelStatistics adds the
+figures of every other live worker's latest snapshot to its own
+(`SnapshotWriter.peer_statistics`): the whole server's, at most SNAPSHOT_SECONDS
+behind for the other workers. A worker that is gone (stale snapshot) takes its
+figures with it, as a restarted Triton starts from zero: counting a dead worker's
+figures would bring an unloaded version's old figures back when it is loaded
+again.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from riskserve._native import DriftMonitor
 from riskserve.config import DriftSettings, SecuritySettings
 from riskserve.files import write_atomic
 from riskserve.monitoring.metrics import ModelView, VersionView
+from riskserve.monitoring.statistics import PeerStatistics, VersionStatistics
 from riskserve.registry import ModelRepository
 
 log = logging.getLogger(__name__)
@@ -45,6 +55,27 @@ SNAPSHOT_FORMAT = "riskserve.worker/v1"
 SNAPSHOT_SECONDS = 0.5
 #: A snapshot older than this is a worker that is gone (or stuck).
 STALE_SECONDS = 5.0
+
+
+def read_snapshots(directory: Path, skip: Path | None = None) -> list[dict[str, Any]]:
+    """Every worker snapshot in `directory` (but `skip`) that reads whole."""
+    out = []
+    for path in sorted(directory.glob("worker-*.json")):
+        if path == skip:
+            continue
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:  # a file replaced under us: next time
+            log.warning("worker snapshot unreadable", extra={"path": str(path), "error": str(e)})
+            continue
+        if isinstance(doc, dict) and doc.get("format") == SNAPSHOT_FORMAT:
+            out.append(doc)
+    return out
+
+
+def fresh(doc: dict[str, Any], now: float) -> bool:
+    """The snapshot of a worker that is still alive (it wrote within STALE_SECONDS)."""
+    return now - float(doc["time"]) < STALE_SECONDS
 
 
 def requests_served(requests: Counter) -> int:
@@ -82,7 +113,12 @@ class SnapshotWriter:
                         "cumulative": vv.drift.counts("cumulative").tolist(),
                         "sliding": vv.drift.counts("sliding").tolist(),
                     }
-                versions[str(vv.version)] = {"sha256": vv.sha256, "drift": drift}
+                stats = None if vv.statistics is None else vv.statistics.snapshot().to_json()
+                versions[str(vv.version)] = {
+                    "sha256": vv.sha256,
+                    "drift": drift,
+                    "statistics": stats,
+                }
             models[mv.name] = {"revision": mv.revision, "versions": versions}
         return {
             "format": SNAPSHOT_FORMAT,
@@ -96,6 +132,31 @@ class SnapshotWriter:
 
     def write(self) -> None:
         write_atomic(self.path, json.dumps(self.snapshot(), separators=(",", ":")))
+
+    def peer_statistics(self) -> PeerStatistics:
+        """The ModelStatistics figures of every other live worker, summed per
+        (model, version, model sha256). Reads files: call it off the event loop."""
+        now = time.time()
+        out: dict[tuple[str, int, str], VersionStatistics] = {}
+        for doc in read_snapshots(self.path.parent, skip=self.path):
+            if not fresh(doc, now):
+                continue
+            for name, m in doc["models"].items():
+                for v, vd in m["versions"].items():
+                    if vd.get("statistics") is None:
+                        continue
+                    try:
+                        stats = VersionStatistics.from_json(vd["statistics"])
+                    except (KeyError, TypeError, ValueError) as e:
+                        log.warning(
+                            "worker statistics unreadable",
+                            extra={"pid": doc.get("pid"), "model": name, "error": repr(e)},
+                        )
+                        continue
+                    key = (name, int(v), str(vd["sha256"]))
+                    prev = out.get(key)
+                    out[key] = stats if prev is None else prev + stats
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,23 +194,13 @@ class Fleet:
         now = time.monotonic()
         if now - self._cache[0] < 0.1:
             return self._cache[1]
-        out = []
-        for path in sorted(self.directory.glob("worker-*.json")):
-            try:
-                doc = json.loads(path.read_text())
-            except (OSError, ValueError) as e:  # a file replaced under us: next scrape
-                log.warning(
-                    "worker snapshot unreadable", extra={"path": str(path), "error": str(e)}
-                )
-                continue
-            if isinstance(doc, dict) and doc.get("format") == SNAPSHOT_FORMAT:
-                out.append(doc)
+        out = read_snapshots(self.directory)
         self._cache = (now, out)
         return out
 
     @staticmethod
     def fresh(doc: dict[str, Any], now: float) -> bool:
-        return now - float(doc["time"]) < STALE_SECONDS
+        return fresh(doc, now)
 
     def _monitor(self, name: str, version: int, sha256: str) -> DriftMonitor | None:
         key = (name, version, sha256)
@@ -304,6 +355,8 @@ __all__ = [
     "MergedDrift",
     "SnapshotWriter",
     "WorkerCollector",
+    "fresh",
+    "read_snapshots",
     "requests_served",
     "run_metrics_process",
 ]

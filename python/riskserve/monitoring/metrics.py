@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from riskserve.config import SecuritySettings
+from riskserve.monitoring.statistics import VersionRecorder
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,9 @@ class VersionView:
     version: int
     sha256: str
     drift: DriftSource | None
+    #: The version's ModelStatistics figures in this process (a worker's snapshot
+    #: carries them to the others); None when it has served nothing here yet.
+    statistics: VersionRecorder | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,9 @@ never counts a row twice).
 
 A request is never scored after its deadline: one that expired while queued is
 failed with DEADLINE_EXCEEDED when it is dequeued. Every dequeue reports the
-queueing delay it saw to `on_dequeue` (the data plane's load shedder)."""
+queueing delay it saw to `on_dequeue` (the data plane's load shedder), and every
+successful model execution its figures to `on_executed` (the version's
+statistics, riskserve.monitoring.statistics). Times are time.perf_counter()."""
 
 from __future__ import annotations
 
@@ -38,10 +40,14 @@ ScoreFn = Callable[[LoadedModel, Mapping[str, Any]], Scores]
 #: Called once per batch: (model name, version, rows in the batch, seconds each
 #: request queued).
 BatchObserver = Callable[[str, str, int, Sequence[float]], None]
-#: Called with (time.monotonic(), queueing delay): once per dequeue, the smallest
+#: Called with (time.perf_counter(), queueing delay): once per dequeue, the smallest
 #: wait among the requests taken (expired and abandoned ones included), and 0.0
 #: when the queue has drained (nothing waits, no batch runs).
 DequeueObserver = Callable[[float, float], None]
+#: Called once per successful model execution: (rows, requests given scores, their
+#: seconds in the queue summed, their seconds from `received` to the queue summed,
+#: seconds the model call took). VersionRecorder.executed.
+ExecutionObserver = Callable[[int, int, float, float, float], None]
 
 
 @dataclasses.dataclass
@@ -51,6 +57,8 @@ class _Pending:
     future: asyncio.Future[Scores]
     enqueued: float
     deadline: float | None
+    #: When the request was received (before decoding), for its statistics.
+    received: float
 
 
 def unpack_bytes(buf: bytes) -> list[bytes]:
@@ -92,6 +100,7 @@ class Batcher:
         settings: BatchingSettings,
         observe: BatchObserver | None = None,
         on_dequeue: DequeueObserver | None = None,
+        on_executed: ExecutionObserver | None = None,
     ) -> None:
         # Weak: the dataplane keys batchers weakly by model, and a strong reference
         # here would keep every unloaded version alive. In-flight requests hold
@@ -104,6 +113,7 @@ class Batcher:
         self.max_delay = settings.max_batch_delay
         self._observe = observe
         self._on_dequeue = on_dequeue
+        self._on_executed = on_executed
         #: Batches of at most this many rows run on the event loop itself,
         #: skipping the hand-off to the pool (0: every batch goes to the pool).
         self.inline_rows = settings.inline_rows
@@ -113,13 +123,20 @@ class Batcher:
         self.batch_rows: collections.deque[int] = collections.deque(maxlen=10_000)
 
     async def submit(
-        self, columns: Mapping[str, Any], rows: int, time_remaining: float | None = None
+        self,
+        columns: Mapping[str, Any],
+        rows: int,
+        time_remaining: float | None = None,
+        received: float | None = None,
     ) -> Scores:
+        """The request's scores. `received`: its perf_counter() when it arrived
+        (default now), for the time before the queue in its statistics."""
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
+        now = time.perf_counter()
         deadline = None if time_remaining is None else now + time_remaining
         fut: asyncio.Future[Scores] = loop.create_future()
-        self._queue.append(_Pending(columns, rows, fut, now, deadline))
+        pending = _Pending(columns, rows, fut, now, deadline, now if received is None else received)
+        self._queue.append(pending)
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run())
         return await fut
@@ -127,7 +144,7 @@ class Batcher:
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
         rows = 0
-        now = time.monotonic()
+        now = time.perf_counter()
         least: float | None = None
         while self._queue:
             p = self._queue[0]
@@ -174,11 +191,11 @@ class Batcher:
             if not batch:
                 continue
             busy = True
-            now = time.monotonic()
+            began = time.perf_counter()
             rows = sum(p.rows for p in batch)
             self.batch_rows.append(rows)
             if self._observe is not None:
-                self._observe(*self._labels, rows, [now - p.enqueued for p in batch])
+                self._observe(*self._labels, rows, [began - p.enqueued for p in batch])
             try:
                 merged = merge_columns([p.columns for p in batch])
                 if rows <= self.inline_rows:
@@ -187,6 +204,7 @@ class Batcher:
                     probs = await loop.run_in_executor(self._pool, self._score, self.model, merged)
                 if probs.shape != (rows,):
                     raise RuntimeError(f"model returned shape {probs.shape} for {rows} rows")
+                ended = time.perf_counter()
             except InvalidInput as e:
                 # Bad input fails in the transform, before anything is counted:
                 # rescoring one by one keeps the error to the request that caused it.
@@ -199,27 +217,40 @@ class Batcher:
                 for p in batch:
                     _fail(p, e)
                 continue
-            start = 0
+            start, scored, queued, before = 0, 0, 0.0, 0.0
             for p in batch:
                 if not p.future.done():
                     p.future.set_result(probs[start : start + p.rows])
+                    scored += 1
+                    queued += began - p.enqueued
+                    before += p.enqueued - p.received
                 start += p.rows
+            if self._on_executed is not None:
+                self._on_executed(rows, scored, queued, before, ended - began)
         if self._on_dequeue is not None:
-            self._on_dequeue(time.monotonic(), 0.0)  # drained: no standing queue
+            self._on_dequeue(time.perf_counter(), 0.0)  # drained: no standing queue
 
     def _queued_rows(self) -> int:
         return sum(p.rows for p in self._queue)
 
     async def _one_by_one(self, batch: list[_Pending]) -> None:
+        """Scores each request of a failed merged batch on its own; each success is
+        an execution of its own (its queue time ends when its own call begins)."""
         loop = asyncio.get_running_loop()
         for p in batch:
+            began = time.perf_counter()
             try:
                 probs = await loop.run_in_executor(self._pool, self._score, self.model, p.columns)
             except Exception as e:
                 _fail(p, e)
                 continue
+            ended = time.perf_counter()
             if not p.future.done():
                 p.future.set_result(probs)
+                if self._on_executed is not None:
+                    self._on_executed(
+                        p.rows, 1, began - p.enqueued, p.enqueued - p.received, ended - began
+                    )
 
 
 def _fail(p: _Pending, e: Exception) -> None:

@@ -3,13 +3,16 @@
 ModelInfer and ModelStreamInfer receive the request bytes and decode them with the
 codec (the Rust reader by default); the other methods get messages the Registrar
 decoded. Every inference request that reaches a handler is counted in
-riskserve_requests_total, a refused one under a bounded model label."""
+riskserve_requests_total, a refused one under a bounded model label; every one
+that reaches a version, in that version's ModelStatistics (Triton's statistics
+extension: riskserve.monitoring.statistics)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -18,6 +21,12 @@ from riskserve.config import LimitsSettings
 from riskserve.dataplane import SERVER_NAME, DataPlane, InferRequest, shown
 from riskserve.deployments import DeploymentService, VersionState
 from riskserve.errors import InvalidInput, RiskserveError
+from riskserve.monitoring.statistics import (
+    Duration,
+    PeerStatistics,
+    ServedStatistics,
+    with_peers,
+)
 from riskserve.pb.inference import grpc_service_pb2 as pb
 from riskserve.pb.inference import grpc_service_pb2_grpc as pb_grpc
 from riskserve.transport.admin import actor_of
@@ -25,6 +34,8 @@ from riskserve.transport.codec import Bounds, Codec, RequestRefused, encode_resp
 from riskserve.transport.errors import Throttle, takes_bytes
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+#: The protocol extensions ServerMetadata names (Triton's words).
+EXTENSIONS = ("statistics",)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +53,9 @@ def _stream_error(
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """The V2 service. `limits` bound every request field; `rust_parser` reads
-    inference requests in Rust (else with the generated protobuf code)."""
+    inference requests in Rust (else with the generated protobuf code). With
+    `--workers N`, `peer_statistics` gives the other workers' ModelStatistics
+    figures (riskserve.monitoring.fleet.SnapshotWriter.peer_statistics)."""
 
     def __init__(
         self,
@@ -52,8 +65,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         limits: LimitsSettings,
         *,
         rust_parser: bool = True,
+        peer_statistics: Callable[[], PeerStatistics] | None = None,
     ) -> None:
         self._dp = dataplane
+        self._peer_statistics = peer_statistics
         self._version = version
         self._deployments = deployments
         self._bounds = Bounds(limits)
@@ -157,7 +172,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=[])
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=self._version, extensions=list(EXTENSIONS)
+        )
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -171,6 +188,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             inputs=[tm(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in md.inputs],
             outputs=[tm(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in md.outputs],
         )
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        """Triton's statistics extension: every loaded version of every model (no
+        name), of one model (no version) or one version; with workers, the whole
+        server's figures. Open to every caller, like ModelMetadata."""
+        served = self._dp.statistics(*self._model_ref(request))
+        if self._peer_statistics is not None and served:
+            loop = asyncio.get_running_loop()
+            served = with_peers(served, await loop.run_in_executor(None, self._peer_statistics))
+        return pb.ModelStatisticsResponse(model_stats=[_model_statistics(s) for s in served])
 
     def _model_ref(self, request: Any) -> tuple[str, str]:
         """A (name, version) request's fields, bounded."""
@@ -186,6 +215,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         failed request (one that does not even decode, too) answers with
         `error_message` (its status name first) and the stream goes on."""
         async for data in request_iterator:
+            received = time.perf_counter()
             try:
                 req = self._decode("ModelStreamInfer", data, context.time_remaining())
             except RequestRefused as e:
@@ -193,8 +223,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 yield _stream_error(e.model_name or "", e.model_version, e.request_id, message)
                 continue
             try:
-                result = await self._dp.infer(req)
-                yield pb.ModelStreamInferResponse(infer_response=encode_response(result))
+                result = await self._dp.infer(req, received)
+                reply = encode_response(result)
+                if result.statistics is not None:
+                    result.statistics.succeeded(len(result.probability), received)
+                yield pb.ModelStreamInferResponse(infer_response=reply)
             except RiskserveError as e:
                 message = f"{e.code.name}: {e.message}"
                 yield _stream_error(req.model_name, req.model_version, req.id, message)
@@ -207,9 +240,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelInfer(
         self, data: bytes, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        received = time.perf_counter()
         req = self._decode("ModelInfer", data, context.time_remaining())
-        result = await self._dp.infer(req)
-        return encode_response(result)
+        result = await self._dp.infer(req, received)
+        reply = encode_response(result)
+        if result.statistics is not None:
+            result.statistics.succeeded(len(result.probability), received)
+        return reply
+
+
+def _duration(d: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def _model_statistics(s: ServedStatistics) -> pb.ModelStatistics:
+    st = s.statistics
+    return pb.ModelStatistics(
+        name=s.name,
+        version=str(s.version),
+        last_inference=st.last_inference_ms,
+        inference_count=st.inference_count,
+        execution_count=st.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(st.success),
+            fail=_duration(st.fail),
+            queue=_duration(st.queue),
+            compute_input=_duration(st.compute_input),
+            compute_infer=_duration(st.compute_infer),
+            compute_output=_duration(st.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=b.batch_size, compute_infer=_duration(b.compute_infer)
+            )
+            for b in st.batches
+        ],
+    )
 
 
 def _choice(p: Any) -> Any:
