@@ -40,7 +40,14 @@ REPOSITORY_METHODS = [
 ]
 OPEN_METHODS = [
     (V2 + name, f"inference.{name}Request")
-    for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata")
+    for name in (
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelStatistics",
+    )
 ]
 #: Bytes protobuf refuses as any message: a truncated length, an end-group tag
 #: outside a group, wire type 7.
