@@ -9,7 +9,9 @@ __all__ = [
     "DriftMonitor",
     "FeatureError",
     "FeaturePipeline",
+    "Gbdt",
     "InputError",
+    "ModelError",
     "SpecError",
     "__version__",
     "fit_reference",
@@ -53,6 +55,7 @@ class _WireRequest(TypedDict):
 class FeatureError(ValueError): ...
 class SpecError(FeatureError): ...
 class InputError(FeatureError): ...
+class ModelError(ValueError): ...
 
 @final
 class FeaturePipeline:
@@ -70,6 +73,22 @@ class FeaturePipeline:
         drift: DriftMonitor | None = None,
         now: int | None = None,
     ) -> npt.NDArray[np.float32]: ...
+
+@final
+class Gbdt:
+    """A LightGBM model (model.txt) scored by the Rust tree evaluator: LightGBM's
+    own predictions, bit for bit. ModelError names the line and field of what is
+    malformed or not supported; predict raises InputError for a wrong matrix."""
+
+    def __new__(cls, model_text: str) -> Gbdt: ...
+    @property
+    def n_features(self) -> int: ...
+    @property
+    def num_trees(self) -> int: ...
+    @property
+    def feature_names(self) -> list[str]: ...
+    def predict(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]: ...
+    def predict_raw(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]: ...
 
 @final
 class DriftMonitor:

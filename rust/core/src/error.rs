@@ -39,14 +39,21 @@ pub enum Error {
     /// A packed BYTES buffer is truncated or malformed.
     #[error("input '{name}': malformed BYTES buffer: {reason}")]
     Packed { name: String, reason: String },
+    /// A model file is malformed or uses what the evaluator does not support; the
+    /// message names the line and field.
+    #[error("invalid LightGBM model: {0}")]
+    Model(String),
+    /// A feature matrix does not have the model's shape.
+    #[error("feature matrix: {0}")]
+    Matrix(String),
 }
 
 /// Result alias for the core.
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    /// True when the caller sent bad data (as opposed to a bad spec).
+    /// True when the caller sent bad data (as opposed to a bad spec or model).
     pub fn is_input_error(&self) -> bool {
-        !matches!(self, Error::Spec(_))
+        !matches!(self, Error::Spec(_) | Error::Model(_))
     }
 }

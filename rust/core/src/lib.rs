@@ -5,6 +5,8 @@
 //!   columns into a row-major `f32` matrix. The training pipeline and the server
 //!   both call it, so there is one implementation of every transform.
 //! * [`column`]: borrowed views of one raw input column (numbers, flags, strings).
+//! * [`gbdt`]: LightGBM models read from model.txt and a tree evaluator that
+//!   gives LightGBM's own predictions.
 //! * [`fit`]: fits a spec template's statistics (imputation values, means, quantile
 //!   edges, vocabularies) on training columns.
 //! * [`drift`]: reference bins fitted at training, exact streaming per-bin counts
@@ -20,6 +22,7 @@ pub mod column;
 pub mod drift;
 pub mod error;
 pub mod fit;
+pub mod gbdt;
 pub mod hash;
 pub mod pipeline;
 pub mod record;

@@ -1,5 +1,6 @@
-//! The one place core errors become Python exceptions. Both classes subclass
-//! `FeatureError`, itself a `ValueError`, so callers' `except ValueError` works.
+//! The one place core errors become Python exceptions. `SpecError` and
+//! `InputError` subclass `FeatureError`; it and `ModelError` are `ValueError`s, so
+//! callers' `except ValueError` works.
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
@@ -25,6 +26,13 @@ create_exception!(
     "A batch does not match the feature spec; the message names the input."
 );
 
+create_exception!(
+    _native,
+    ModelError,
+    PyValueError,
+    "A LightGBM model text is malformed or not supported; the message names the line and field."
+);
+
 /// Newtype so that `?` converts core errors into the right Python exception.
 pub struct NativeError(pub Error);
 
@@ -36,7 +44,9 @@ impl From<Error> for NativeError {
 
 impl From<NativeError> for PyErr {
     fn from(e: NativeError) -> Self {
-        if e.0.is_input_error() {
+        if matches!(e.0, Error::Model(_)) {
+            ModelError::new_err(e.0.to_string())
+        } else if e.0.is_input_error() {
             InputError::new_err(e.0.to_string())
         } else {
             SpecError::new_err(e.0.to_string())

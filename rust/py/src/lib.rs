@@ -8,6 +8,7 @@ mod bytes;
 mod columns;
 mod drift;
 mod error;
+mod gbdt;
 mod gil;
 mod hash;
 mod pipeline;
@@ -20,8 +21,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FeatureError", py.get_type::<error::FeatureError>())?;
     m.add("SpecError", py.get_type::<error::SpecError>())?;
     m.add("InputError", py.get_type::<error::InputError>())?;
+    m.add("ModelError", py.get_type::<error::ModelError>())?;
     m.add_class::<pipeline::FeaturePipeline>()?;
     m.add_class::<drift::DriftMonitor>()?;
+    m.add_class::<gbdt::Gbdt>()?;
     m.add_function(wrap_pyfunction!(drift::fit_reference, m)?)?;
     m.add_function(wrap_pyfunction!(drift::psi_between, m)?)?;
     m.add_function(wrap_pyfunction!(pipeline::fit_spec, m)?)?;
