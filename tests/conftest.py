@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import types
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -249,6 +250,15 @@ def _server_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RISKSERVE_")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> None:
+    """Polls `check` every 0.1 s until it is true; fails the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

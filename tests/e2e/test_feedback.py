@@ -26,7 +26,15 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import FRAUD_SPEC, V2_DATATYPE, ServerHandle, _server_env, run_cli, train_model
+from conftest import (
+    FRAUD_SPEC,
+    V2_DATATYPE,
+    ServerHandle,
+    _server_env,
+    run_cli,
+    train_model,
+    wait_for,
+)
 from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
 from riskserve.client import build_request
@@ -120,14 +128,6 @@ def serve(start_server: Callable[..., ServerHandle]) -> Callable[..., ServerHand
 
 def store_of(models: Path) -> SqliteStore:
     return SqliteStore(models / ".feedback" / "feedback.sqlite")
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def logged(models: Path) -> list[dict[str, Any]]:

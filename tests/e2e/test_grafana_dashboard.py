@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -37,9 +34,10 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerHandle, _server_env, run_cli, train_model
+from conftest import ServerHandle, run_cli, train_model, wait_for
 from PIL import Image
 from promserver import Prom, start_prometheus
+from watchproc import WatchHandle, start_watch
 
 from riskserve.client import Client, build_request
 from riskserve.labels_client import FeedbackClient
@@ -77,72 +75,10 @@ RETRAIN_ARGS = (
 
 
 @dataclasses.dataclass
-class Watcher:
-    """A running `riskserve retrain-watch` and its log."""
-
-    proc: subprocess.Popen[str]
-    metrics_port: int
-    lines: list[str]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            pytest.fail("retrain-watch did not exit within 20 s of SIGTERM")
-
-
-def start_watcher(models: Path, srv: ServerHandle, *args: str) -> Watcher:
-    """`riskserve retrain-watch` on the server's /metrics, its own /metrics on a free
-    port (read from its "watching" log line)."""
-    cmd = [
-        sys.executable, "-m", "riskserve.cli", "retrain-watch",
-        "--models", str(models), "--model", MODEL,
-        "--metrics-url", f"http://127.0.0.1:{srv.metrics_port}/metrics",
-        "--server", srv.target, "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-        "--poll-seconds", "0.5", *args,
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env={**_server_env(), "RISKSERVE_ADMIN_TOKEN": ADMIN},
-    )
-    lines: list[str] = []
-    port: list[int] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("event") == "watching":
-                port.append(int(rec["metrics_port"]))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, name="retrain-watch-log", daemon=True).start()
-    if not ready.wait(30) or not port:
-        proc.kill()
-        proc.wait(5)
-        pytest.fail(f"retrain-watch did not log 'watching'; {cmd}\n" + "".join(lines)[-4000:])
-    return Watcher(proc, port[0], lines)
-
-
-@dataclasses.dataclass
 class Stack:
     prom: Prom
     srv: ServerHandle
-    watcher: Watcher
+    watcher: WatchHandle
     #: When Prometheus first scraped both targets (unix seconds).
     t0: float
     #: labelled rows per variant
@@ -178,14 +114,6 @@ def metric_values(srv: ServerHandle, sample: str) -> list[tuple[dict[str, str], 
     ]
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
-
-
 def settings_env(**settings: Any) -> dict[str, str]:
     return {f"RISKSERVE_{k.upper()}": str(v) for k, v in settings.items()}
 
@@ -210,12 +138,12 @@ def stack(
         canary_min_requests=10**9,  # no automatic rollback: the one rollback is manual
     )
     srv = launch_server(models, env=env, workers=2)
-    watcher: Watcher | None = None
+    watcher: WatchHandle | None = None
     prom: Prom | None = None
     clients: list[Any] = []
     try:
-        watcher = start_watcher(
-            models, srv,
+        watcher = start_watch(
+            models, srv, MODEL, ADMIN, "--poll-seconds", "0.5",
             "--drift-hold-seconds", "0", "--min-labels", "1000", "--start", "none",
             "--retrain-args", RETRAIN_ARGS,
         )  # fmt: skip
@@ -245,7 +173,7 @@ def stack(
             newest = [v for _, v in metric_values(srv, "riskserve_deployment_revision")]
             return len(revs) == 1 and newest == list(revs)
 
-        wait_for("both workers on the rolled-back revision", workers_follow)
+        wait_for("both workers on the rolled-back revision", workers_follow, WAIT)
 
         client = Client(srv.target, timeout=30)
         clients.append(client)

@@ -19,12 +19,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import signal
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +26,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import FRAUD_SPEC, V2_DATATYPE, ServerHandle, _server_env, run_cli
-from prometheus_client.parser import text_string_to_metric_families
+import watchproc
+from conftest import FRAUD_SPEC, V2_DATATYPE, ServerHandle, run_cli, wait_for
+from watchproc import WatchHandle
 
 from riskserve.client import build_request
 from riskserve.labels_client import FeedbackClient
@@ -188,102 +183,13 @@ def pattern_recall(scored: list[Scored], variant: str) -> tuple[float, int]:
     return (sum(s.flagged for s in rows) / len(rows) if rows else float("nan")), len(rows)
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-# -- the watcher subprocess -----------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class WatchHandle:
-    proc: subprocess.Popen[str]
-    lines: list[str]
-    reader: threading.Thread
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for line in list(self.lines):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and (name is None or rec.get("event") == name):
-                out.append(rec)
-        return out
-
-    def log_text(self) -> str:
-        return "".join(self.lines)[-8000:]
-
-    @property
-    def metrics_port(self) -> int:
-        (watching,) = self.events("watching")
-        return int(watching["metrics_port"])
-
-    def metric(self, name: str, **labels: str) -> float:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            text = r.read().decode()
-        found = [
-            s.value
-            for fam in text_string_to_metric_families(text)
-            for s in fam.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-        ]
-        assert len(found) == 1, (name, labels, found)
-        return found[0]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            pytest.fail("retrain-watch did not stop on SIGTERM\n" + self.log_text())
-        self.reader.join(5)
-        return rc
-
-
 @pytest.fixture
 def start_watch() -> Iterator[Callable[..., WatchHandle]]:
     started: list[WatchHandle] = []
 
     def start(models: Path, srv: ServerHandle, *args: str) -> WatchHandle:
-        cmd = [
-            sys.executable, "-m", "riskserve.cli", "retrain-watch",
-            "--models", str(models), "--model", MODEL,
-            "--metrics-url", f"http://127.0.0.1:{srv.metrics_port}/metrics",
-            "--server", srv.target, "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-            *args,
-        ]  # fmt: skip
-        # The child `riskserve retrain` inherits this: the admin token for the canary.
-        env = {**_server_env(), "RISKSERVE_ADMIN_TOKEN": ADMIN}
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
-        lines: list[str] = []
-
-        def read() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.append(line)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        h = WatchHandle(proc, lines, reader)
+        h = watchproc.start_watch(models, srv, MODEL, ADMIN, *args)
         started.append(h)
-        wait_for("retrain-watch to log 'watching'", lambda: bool(h.events("watching")), 30)
         return h
 
     yield start
@@ -344,6 +250,7 @@ def test_drift_retrains_a_canary_that_catches_the_new_pattern(
     wait_for(
         "the watcher to see the ordinary traffic's labels",
         lambda: watch.metric("riskserve_retrain_labelled_predictions", model=MODEL) == BEFORE_ROWS,
+        WAIT,
     )
     assert watch.metric("riskserve_retrain_source_up", model=MODEL) == 1
     assert watch.metric("riskserve_retrain_condition", model=MODEL, trigger="drift") == 0
@@ -361,6 +268,7 @@ def test_drift_retrains_a_canary_that_catches_the_new_pattern(
     wait_for(
         "the watcher's retrain to finish",
         lambda: bool(watch.events("retrain finished")) or watch.proc.poll() is not None,
+        WAIT,
     )
     (finished,) = watch.events("retrain finished")
     assert finished["result"] == "registered", watch.log_text()
@@ -415,6 +323,7 @@ def test_drift_retrains_a_canary_that_catches_the_new_pattern(
     wait_for(
         "every row in the prediction log",
         lambda: srv.metric("riskserve_prediction_log_rows_total", result="written") == len(scored),
+        WAIT,
     )
 
     r = run_cli(
