@@ -145,6 +145,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # --------------------------------------------------------------------------------------
 
 
+def log_events(lines: list[str], name: str | None = None) -> list[dict[str, Any]]:
+    """The JSON log records among a process's output lines so far (other lines are
+    skipped); only those whose "event" is `name` when given."""
+    out = []
+    for line in list(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and (name is None or rec.get("event") == name):
+            out.append(rec)
+    return out
+
+
 @dataclasses.dataclass
 class ServerHandle:
     """A running `riskserve serve` subprocess and everything it has logged."""
@@ -183,17 +197,7 @@ class ServerHandle:
         return "".join(self.lines)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The JSON log records so far (non-JSON lines are skipped); only those whose
-        "event" is `name` when given."""
-        out = []
-        for line in list(self.lines):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and (name is None or rec.get("event") == name):
-                out.append(rec)
-        return out
+        return log_events(self.lines, name)
 
     def metric(self, sample: str, **labels: str) -> float:
         """Sum of the samples named `sample` on /metrics whose labels include `labels`."""

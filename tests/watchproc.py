@@ -7,7 +7,6 @@ retrain` children it starts (for the canary)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ServerHandle, _server_env, wait_for
+from conftest import ServerHandle, _server_env, log_events, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -30,16 +29,7 @@ class WatchHandle:
     reader: threading.Thread
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        """Its JSON log records so far; only those whose "event" is `name` when given."""
-        out = []
-        for line in list(self.lines):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and (name is None or rec.get("event") == name):
-                out.append(rec)
-        return out
+        return log_events(self.lines, name)
 
     def log_text(self) -> str:
         return "".join(self.lines)[-8000:]
