@@ -15,7 +15,8 @@ class WorkerContext:
 
     #: The worker's number, 0..N-1 (kept across restarts).
     index: int
-    #: prometheus_client's multiprocess directory, also holding the worker snapshots.
+    #: prometheus_client's multiprocess directory (fresh for each run of the supervisor),
+    #: also holding the worker snapshots and request-stats files (monitoring.fleet).
     metrics_dir: Path
     #: Pipe the worker writes "ready" to once it serves, then closes.
     ready_fd: int

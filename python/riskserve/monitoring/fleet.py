@@ -1,9 +1,14 @@
 """Metrics across worker processes (`riskserve serve --workers N`).
 
-Request metrics use prometheus_client's multiprocess mode: every worker's
-counters and histograms live in memory-mapped files under one directory and the
-metrics process sums them at scrape time, so they are exact even for a worker
-that crashed.
+The request families (riskserve_requests_total, request_duration_seconds,
+inference_rows_total, request_rows) live in each worker's native RequestStats
+table, a memory-mapped file `requests-<pid>-<random>.stats` in the supervisor's
+fresh multiprocess directory; the metrics process reads every such file at scrape
+time and sums them (FleetRequests), so the counts stay exact for a worker that
+crashed or was replaced. A file it cannot read is skipped with a throttled
+warning, never a failed scrape. The other request-path metrics use
+prometheus_client's multiprocess mode: memory-mapped files in the same directory,
+summed the same way.
 
 Drift counters live in each worker's Rust DriftMonitor. Every worker writes a
 snapshot of them (and of what it serves) to `worker-<pid>.json` in the same
@@ -29,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -41,10 +47,17 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from riskserve._native import DriftMonitor
+from riskserve._native import DriftMonitor, RequestStats
 from riskserve.config import DriftSettings, SecuritySettings
 from riskserve.files import write_atomic
-from riskserve.monitoring.metrics import ModelView, VersionView
+from riskserve.monitoring.metrics import (
+    NATIVE,
+    STATS_GLOB,
+    ModelView,
+    RequestCollector,
+    StatsRow,
+    VersionView,
+)
 from riskserve.monitoring.statistics import PeerStatistics, VersionStatistics
 from riskserve.registry import ModelRepository
 
@@ -55,6 +68,8 @@ SNAPSHOT_FORMAT = "riskserve.worker/v1"
 SNAPSHOT_SECONDS = 0.5
 #: A snapshot older than this is a worker that is gone (or stuck).
 STALE_SECONDS = 5.0
+#: At most one warning per unreadable request-stats file in this many seconds.
+WARN_SECONDS = 60.0
 
 
 def read_snapshots(directory: Path, skip: Path | None = None) -> list[dict[str, Any]]:
@@ -78,12 +93,41 @@ def fresh(doc: dict[str, Any], now: float) -> bool:
     return now - float(doc["time"]) < STALE_SECONDS
 
 
-def requests_served(requests: Counter) -> int:
-    """Requests this process answered (every status): its riskserve_requests counter."""
+def requests_served(requests: RequestStats | Counter) -> int:
+    """Requests this process answered (every status): the counts of its
+    RequestStats table (Metrics.stats), or of a riskserve_requests counter."""
+    if isinstance(requests, RequestStats):
+        return sum(cells[0] for *_key, code, cells in requests.snapshot() if code != NATIVE)
     total = 0.0
     for family in requests.collect():
         total += sum(s.value for s in family.samples if s.name == "riskserve_requests_total")
     return int(total)
+
+
+class FleetRequests:
+    """Metrics-process side of the request families: every worker's RequestStats
+    file in `directory`, read whole at each scrape (a dead worker's file still
+    counts). A file that cannot be read (torn, truncated, gone meanwhile) is
+    skipped with at most one warning per file every WARN_SECONDS."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._warned: dict[Path, float] = {}
+
+    def tables(self) -> list[list[StatsRow]]:
+        out = []
+        for path in sorted(self.directory.glob(STATS_GLOB)):
+            try:
+                out.append(RequestStats.read(str(path)))
+            except (OSError, ValueError) as e:
+                now = time.monotonic()
+                if now - self._warned.get(path, -math.inf) >= WARN_SECONDS:
+                    self._warned[path] = now
+                    log.warning(
+                        "request stats file unreadable; skipped",
+                        extra={"path": str(path), "error": str(e)},
+                    )
+        return out
 
 
 class SnapshotWriter:
@@ -94,7 +138,7 @@ class SnapshotWriter:
         directory: Path,
         worker: int,
         views: Callable[[], list[ModelView]],
-        requests: Counter,
+        requests: RequestStats | Counter,
     ) -> None:
         self.path = directory / f"worker-{os.getpid()}.json"
         self.worker = worker
@@ -327,6 +371,7 @@ def run_metrics_process(
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    registry.register(RequestCollector(FleetRequests(directory).tables))
     fleet = Fleet(directory, ModelRepository(models_dir))
     registry.register(ServingCollector(fleet.views, drift.threshold, drift.bins))
     registry.register(WorkerCollector(fleet))
@@ -352,6 +397,7 @@ def run_metrics_process(
 
 __all__ = [
     "Fleet",
+    "FleetRequests",
     "MergedDrift",
     "SnapshotWriter",
     "WorkerCollector",
