@@ -70,6 +70,7 @@ LOADGEN = ROOT / "bench/loadgen/target/release/loadgen"
 ALL_SERVERS = (
     "riskserve",
     "riskserve-nolog",
+    "riskserve-python",
     "floor",
     "floor-generic",
     "floor-grpc175",
@@ -200,10 +201,14 @@ def start_server(
     pin = ["taskset", "-c", str(a.server_core)]
     env = dict(os.environ)
     log = results / f"compare-{name}.log"
-    if name in ("riskserve", "riskserve-nolog"):
-        # riskserve-nolog: the same server without the prediction log (its cost).
+    if name.startswith("riskserve"):
+        # riskserve-nolog: the same server without the prediction log (its cost);
+        # riskserve-python: without the native path (every request decoded in Python
+        # and scored through the batch queue, as before issue 13).
         if name == "riskserve-nolog":
             env["RISKSERVE_PREDICTION_LOG"] = "false"
+        if name == "riskserve-python":
+            env["RISKSERVE_NATIVE_PATH"] = "false"
         cmd = [str(RISKSERVE), "serve", "--models", str(a.models), "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--metrics-port", str(port + 1)]
         return Server(name, pin + cmd, log, ROOT, env), "raw-fields", None

@@ -5,7 +5,8 @@
 #
 # Environment (defaults): ROUNDS=2 CONCURRENCY="1 8" DURATION=10 WARMUP=2 PORT=18400
 #   SERVERS="riskserve floor mlserver mlserver-tuned" RETRAIN=0 COMPARE_ARGS=""
-#   (other servers: riskserve-nolog, floor-generic, floor-grpc175: bench/compare.py)
+#   (other servers: riskserve-nolog, riskserve-python, floor-generic, floor-grpc175:
+#   bench/compare.py)
 #
 # 1. Trains bench/results/models/fraud if absent (same data and settings as run_load.sh).
 # 2. Creates bench/.venv-mlserver (python3 -m venv; pip install mlserver mlserver-lightgbm

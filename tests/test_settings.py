@@ -55,6 +55,8 @@ ENV_NAMES = {
     "RISKSERVE_MAX_INFLIGHT": "scoring.max_inflight",
     "RISKSERVE_MAX_REQUEST_ROWS": "scoring.max_request_rows",
     "RISKSERVE_SHADOW_MAX_PENDING": "scoring.shadow_max_pending",
+    "RISKSERVE_NATIVE_PATH": "scoring.native_path",
+    "RISKSERVE_NATIVE_MAX_ROWS": "scoring.native_max_rows",
     "RISKSERVE_SHED_TARGET_SECONDS": "scoring.shed_target_seconds",
     "RISKSERVE_SHED_INTERVAL_SECONDS": "scoring.shed_interval_seconds",
     "RISKSERVE_MAX_NAME_BYTES": "limits.max_name_bytes",

@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension riskserve._native (checked by mypy.stubtest)."""
 
-from typing import Any, TypedDict, final
+from typing import Any, ClassVar, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
@@ -12,14 +12,19 @@ __all__ = [
     "Gbdt",
     "InputError",
     "ModelError",
+    "RequestStats",
+    "Scorer",
     "SpecError",
+    "StatsFileError",
     "__version__",
     "fit_reference",
     "fit_spec",
     "murmur3_32",
     "packed_count",
     "parse_infer_request",
+    "peek_request",
     "psi_between",
+    "request_rows_json",
     "rows_json",
 ]
 
@@ -56,6 +61,7 @@ class FeatureError(ValueError): ...
 class SpecError(FeatureError): ...
 class InputError(FeatureError): ...
 class ModelError(ValueError): ...
+class StatsFileError(ValueError): ...
 
 @final
 class FeaturePipeline:
@@ -113,6 +119,34 @@ class DriftMonitor:
     ) -> list[tuple[str, int, float | None]]: ...
     def psi_of(self, counts: npt.NDArray[np.uint64]) -> list[tuple[str, int, float | None]]: ...
 
+#: One slot of a RequestStats table: (model, version, variant, code, cells).
+_StatsSlot = tuple[str, str, str, str, list[int]]
+
+@final
+class RequestStats:
+    """Request counts and, for code "OK", latency and rows-per-request histograms,
+    per (model, version, variant, code), in atomics. With `path`, a new file that
+    other processes read with `read`. Once full, new keys count in the overflow
+    slot ("__overflow__", "", "", code). Cells: count, latency sum (ns), rows sum,
+    latency bucket counts (LATENCY_BOUNDS_NS, then +Inf), rows bucket counts
+    (ROWS_BOUNDS, then +Inf); not cumulative, `le` inclusive."""
+
+    LATENCY_BOUNDS_NS: ClassVar[list[int]]
+    ROWS_BOUNDS: ClassVar[list[int]]
+    OVERFLOW_MODEL: ClassVar[str]
+    def __new__(cls, path: str | None = None, capacity: int = ...) -> RequestStats: ...
+    def slot(self, model: str, version: str, variant: str, code: str) -> int: ...
+    def observe_ok(self, slot: int, seconds_ns: int, rows: int) -> None: ...
+    def count(self, slot: int) -> None: ...
+    def snapshot(self) -> list[_StatsSlot]: ...
+    @staticmethod
+    def read(path: str) -> list[_StatsSlot]: ...
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def capacity(self) -> int: ...
+    def __len__(self) -> int: ...
+
 def fit_reference(
     spec_json: str,
     columns: dict[str, Any],
@@ -131,3 +165,42 @@ def parse_infer_request(
     max_tensors: int = ...,
     max_dims: int = ...,
 ) -> _WireRequest: ...
+
+# -- the one-call native path (rust/core/src/fastpath.rs) ---------------------------
+
+#: Scorer.infer's result: (reply bytes, float32 scores, input_ns, infer_ns).
+_Inferred = tuple[bytes, npt.NDArray[np.float32], int, int]
+
+@final
+class Scorer:
+    """One model version's pipeline, Gbdt and drift monitor (the same objects,
+    shared), scoring plain ModelInferRequest bytes in one call with the GIL
+    released. None means "not a plain request": the Python path takes it (and
+    produces any error message); nothing was counted in drift."""
+
+    def __new__(
+        cls,
+        pipeline: FeaturePipeline,
+        model: Gbdt,
+        drift: DriftMonitor | None,
+        limits: tuple[int, int, int, int, int],
+        max_rows: int,
+    ) -> Scorer: ...
+    def infer(
+        self,
+        data: bytes,
+        model_name: str,
+        model_version: str,
+        request_id: str,
+        variant: str,
+        revision: str,
+        threshold: float,
+        inline_max_rows: int,
+        stream: bool = False,
+    ) -> _Inferred | None: ...
+    def score_request(self, data: bytes) -> npt.NDArray[np.float32] | None: ...
+
+def peek_request(
+    data: bytes, max_name_bytes: int, max_key_bytes: int, max_parameters: int
+) -> tuple[str, str, str, str | None] | None: ...
+def request_rows_json(data: bytes, rows: int) -> list[str]: ...

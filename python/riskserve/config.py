@@ -167,6 +167,20 @@ class ScoringSettings(_Group):
         "shedding starts (a shorter burst is queued, not refused), seconds.",
         above=0,
     )
+    native_path: bool = _setting(
+        True,
+        "NATIVE_PATH",
+        "Score plain ModelInfer and ModelStreamInfer requests of LightGBM versions in one "
+        "native call (parse, validate, features, drift, model, reply); off: every request "
+        "takes the Python decoder and the batch queue.",
+    )
+    native_max_rows: int = _setting(
+        64,
+        "NATIVE_MAX_ROWS",
+        "Largest request (rows) the native path scores, inline on the event loop; bigger "
+        "ones go to the version's batch queue and the compute threads.",
+        at_least=1,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from riskserve._native import InputError, packed_count
-from riskserve.config import BatchingSettings, ScoringSettings
+from riskserve._native import InputError, Scorer, packed_count, peek_request
+from riskserve.config import BatchingSettings, LimitsSettings, ScoringSettings
 from riskserve.errors import DeadlineExceeded, InvalidInput, NotFound, Overloaded, RiskserveError
 from riskserve.feedback.log import Scored
 from riskserve.ids import uuid7
@@ -85,6 +85,11 @@ class _VersionQueue(NamedTuple):
     batcher: Batcher
     shedder: Shedder
     statistics: VersionRecorder
+    #: The version's one-call native scorer (None: every request takes the
+    #: Python path: an ONNX or compiled model, or RISKSERVE_NATIVE_PATH off).
+    scorer: Scorer | None
+    #: str(version), built once.
+    version: str
 
 
 class PredictionSink(Protocol):
@@ -181,8 +186,13 @@ class DataPlane:
         batching: BatchingSettings,
         table: RoutingTable,
         metrics: Metrics,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self._scoring = scoring
+        self._limits = limits or LimitsSettings()
+        lim = self._limits
+        self._native = scoring.native_path
+        self._peek_limits = (lim.max_name_bytes, lim.max_routing_key_bytes, lim.max_parameters)
         self._batching = batching
         self._table = table
         self._metrics = metrics
@@ -314,7 +324,7 @@ class DataPlane:
                 )
             )
         if routed.shadow is not None:
-            self._start_shadow(routed, columns, result, key)
+            self._start_shadow(routed, columns, result.probability, result.id, key)
         return result
 
     def model_label(self, name: str | None) -> str:
@@ -344,8 +354,121 @@ class DataPlane:
                 on_dequeue=shedder.observe,
                 on_executed=stats.executed,
             )
-            q = self._batchers[model] = _VersionQueue(batcher, shedder, stats)
+            q = self._batchers[model] = _VersionQueue(
+                batcher, shedder, stats, self._scorer(model), str(model.version)
+            )
         return q
+
+    def _scorer(self, model: LoadedModel) -> Scorer | None:
+        """The version's native scorer, when the native path is on and its runtime
+        has the Rust evaluator (runtime.runtimes.LightGBMRuntime.gbdt)."""
+        gbdt = getattr(model.runtime, "gbdt", None)
+        if not self._native or gbdt is None:
+            return None
+        lim = self._limits
+        try:
+            return Scorer(
+                model.pipeline,
+                gbdt,
+                model.drift,
+                (
+                    lim.max_parameters,
+                    lim.max_inputs,
+                    lim.max_name_bytes,
+                    lim.max_routing_key_bytes,
+                    lim.max_parameter_bytes,
+                ),
+                self._scoring.max_request_rows,
+            )
+        except ValueError as e:
+            log.warning(
+                "the native path does not take this version; it takes the Python path",
+                extra={"model": model.name, "version": model.version, "error": str(e)},
+            )
+            return None
+
+    # -- the native path ------------------------------------------------------------
+
+    def infer_bytes(
+        self, data: bytes, time_remaining: float | None, received: float, stream: bool = False
+    ) -> bytes | None:
+        """The native path (docs/architecture.md, "The hot path"): one plain request's
+        reply bytes (a ModelStreamInferResponse with `stream`), scored in one native
+        call on this thread, or None when the Python path must take the request:
+        anything the native scorer does not accept as valid (the Python path then
+        gives the error), a version without a scorer or with a shadow that has
+        none, a request over RISKSERVE_NATIVE_MAX_ROWS, a passed deadline, a
+        shedding queue or the admission bound. None costs no count: the Python
+        path counts the request."""
+        if not self._native:
+            return None
+        head = peek_request(data, *self._peek_limits)
+        if head is None:
+            return None
+        name, version, rid, key = head
+        table = self._table
+        if name not in table.deployments or (time_remaining is not None and time_remaining <= 0):
+            return None
+        key = key or rid or None  # the routing key: the parameter, else the id
+        try:
+            routed = table.route(name, version, key)
+        except RiskserveError:
+            return None
+        model = routed.model
+        q = self._queue(model)
+        scorer = q.scorer
+        if scorer is None or q.shedder.shedding or self._inflight >= self._scoring.max_inflight:
+            return None
+        shadow = routed.shadow
+        if shadow is not None and (
+            self._queue(shadow).scorer is None or shadow.inputs != model.inputs
+        ):
+            return None  # its scorer reads the request bytes: it must take the same inputs
+        rid = rid or uuid7()
+        start = time.perf_counter()
+        out = scorer.infer(
+            data,
+            name,
+            q.version,
+            rid,
+            routed.variant,
+            str(routed.revision),
+            routed.threshold,
+            self._scoring.native_max_rows,
+            stream,
+        )
+        if out is None:
+            return None
+        reply, scores, input_ns, infer_ns = out
+        seconds = time.perf_counter() - start
+        rows = len(scores)
+        self._metrics.observe_native(name, q.version, routed.variant, seconds, rows)
+        self._metrics.observe_batch(name, q.version, rows, (0.0,))
+        stats = q.statistics
+        stats.executed(rows, 1, 0.0, input_ns * 1e-9, infer_ns * 1e-9)
+        stats.succeeded(rows, received)
+        if self.guard is not None and routed.split:
+            self.guard.record(name, model.version, routed.traffic_since, seconds, True, scores)
+        sink = self.prediction_log
+        if sink is not None:
+            sink.submit(
+                Scored(
+                    rid,
+                    time.time(),
+                    name,
+                    model.version,
+                    routed.variant,
+                    routed.revision,
+                    key,
+                    scores,
+                    routed.threshold,
+                    False,
+                    data,
+                )
+            )
+        if shadow is not None:
+            self._start_shadow(routed, data, scores, rid, key)
+        return reply
 
     def _record_error(
         self, req: InferRequest, routed: Routed | None, code: str, received: float | None = None
@@ -405,11 +528,17 @@ class DataPlane:
     # -- shadow -------------------------------------------------------------------
 
     def _start_shadow(
-        self, routed: Routed, columns: dict[str, Any], primary: InferResult, key: str | None
+        self,
+        routed: Routed,
+        columns: dict[str, Any] | bytes,
+        primary: npt.NDArray[np.float32],
+        request_id: str,
+        key: str | None,
     ) -> None:
         """Scores the shadow after the reply: its own bounded executor, its own
         metrics, its own prediction-log rows (marked shadow); its results and
-        errors never reach the client."""
+        errors never reach the client. `columns`: the primary's decoded inputs, or
+        (the native path) the request bytes, which the shadow's scorer reads."""
         shadow = routed.shadow
         assert shadow is not None
         if self._shadow_pending >= self._scoring.shadow_max_pending:
@@ -417,7 +546,12 @@ class DataPlane:
             return
         self._shadow_pending += 1
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._shadow_pool, _score, shadow, columns)
+        if isinstance(columns, bytes):
+            scorer = self._queue(shadow).scorer
+            assert scorer is not None  # infer_bytes checked
+            fut = loop.run_in_executor(self._shadow_pool, _score_bytes, scorer, columns)
+        else:
+            fut = loop.run_in_executor(self._shadow_pool, _score, shadow, columns)
 
         def done(f: asyncio.Future[npt.NDArray[np.float32]]) -> None:
             self._shadow_pending -= 1
@@ -433,13 +567,13 @@ class DataPlane:
                 self._metrics.observe_shadow(shadow.name, version, "error", None)
                 return
             scores = f.result()
-            diff = np.abs(scores - primary.probability)
+            diff = np.abs(scores - primary)
             self._metrics.observe_shadow(shadow.name, version, "ok", float(diff.max()))
             sink = self.prediction_log
             if sink is not None:
                 sink.submit(
                     Scored(
-                        primary.id,
+                        request_id,
                         time.time(),
                         shadow.name,
                         shadow.version,
@@ -581,6 +715,14 @@ def _element_count(inp: InferInput) -> int:
         except InputError as e:
             raise InvalidInput(f"input {inp.name!r}: {e}") from None
     return len(data)
+
+
+def _score_bytes(scorer: Scorer, data: bytes) -> npt.NDArray[np.float32]:
+    """A shadow's scores of request bytes its primary took on the native path."""
+    scores = scorer.score_request(data)
+    if scores is None:
+        raise InvalidInput("the shadow version does not take this request's inputs")
+    return scores
 
 
 def _score(model: LoadedModel, columns: Mapping[str, Any]) -> npt.NDArray[np.float32]:

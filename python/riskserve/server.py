@@ -87,7 +87,11 @@ class Server:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.dataplane = DataPlane(
-            settings.scoring, settings.batching, RoutingTable(MappingProxyType({})), self.metrics
+            settings.scoring,
+            settings.batching,
+            RoutingTable(MappingProxyType({})),
+            self.metrics,
+            settings.limits,
         )
         scoring, drift = settings.scoring, settings.drift
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from riskserve._native import rows_json
+from riskserve._native import request_rows_json, rows_json
 from riskserve.feedback.records import PredictionRow
 from riskserve.feedback.store import FeedbackStore
 
@@ -59,8 +59,9 @@ class Scored:
     threshold: float
     shadow: bool
     #: The inputs as received: input name → numpy array, V2 packed BYTES, or a
-    #: list of byte strings (the data plane's dict, handed to Rust as it is).
-    columns: dict[str, Any]
+    #: list of byte strings (the data plane's dict, handed to Rust as it is); or,
+    #: from the native path, the request's bytes, read by the writer thread.
+    columns: dict[str, Any] | bytes
 
     @property
     def rows(self) -> int:
@@ -125,7 +126,11 @@ def to_rows(item: Scored, key_hash: Callable[[str], str]) -> list[PredictionRow]
     """A scored request's log rows."""
     n = item.rows
     # One native call, the GIL released while it formats (riskserve-core record).
-    inputs = rows_json(item.columns, n) if item.columns else ["{}"] * n
+    cols = item.columns
+    if isinstance(cols, bytes):
+        inputs = request_rows_json(cols, n)
+    else:
+        inputs = rows_json(cols, n) if cols else ["{}"] * n
     hashed = None if item.routing_key is None else key_hash(item.routing_key)
     scores = item.scores.astype(np.float64).tolist()
     # The same comparison as the reply's `flagged` output (float32 against the

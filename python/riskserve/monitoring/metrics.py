@@ -1,21 +1,38 @@
-"""Prometheus metrics. Request metrics are plain prometheus_client objects;
-drift metrics come from a custom collector that reads the Rust counters at
-scrape time, so the hot path does no Python work for them and every bin series
-exists (at 0) from the moment a version goes live."""
+"""Prometheus metrics. The request families (riskserve_requests_total,
+riskserve_request_duration_seconds, riskserve_inference_rows_total,
+riskserve_request_rows) live in native atomics (`riskserve._native.RequestStats`)
+and are exported at scrape time by RequestCollector: observing a request is one
+native call, no lock, and with `serve --workers N` each worker's table is a file
+in the multiprocess directory that the metrics process sums
+(riskserve.monitoring.fleet). The other request-path metrics are plain
+prometheus_client objects. Drift metrics come from a custom collector that reads
+the Rust counters at scrape time, so the hot path does no Python work for them and
+every bin series exists (at 0) from the moment a version goes live."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
+from riskserve._native import RequestStats
 from riskserve.config import SecuritySettings
 from riskserve.monitoring.statistics import VersionRecorder
 
@@ -28,6 +45,28 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 10000)
 WINDOWS = ("cumulative", "sliding")
+
+# The cells of a RequestStats slot (RequestStats' docstring).
+COUNT, LATENCY_SUM_NS, ROWS_SUM = 0, 1, 2
+_LATENCY = 3
+_ROWS = _LATENCY + len(LATENCY_BUCKETS) + 1
+_LATENCY_LE = [*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf"]  # type: ignore[no-untyped-call]
+_ROWS_LE = [*(floatToGoString(b) for b in BATCH_BUCKETS), "+Inf"]  # type: ignore[no-untyped-call]
+# The native table's bounds are compiled in: they must be these.
+_NATIVE_BOUNDS = (RequestStats.LATENCY_BOUNDS_NS, RequestStats.ROWS_BOUNDS)
+_BOUNDS = ([round(b * 1e9) for b in LATENCY_BUCKETS], list(BATCH_BUCKETS))
+if _NATIVE_BOUNDS != _BOUNDS:
+    raise RuntimeError("riskserve._native.RequestStats bucket bounds differ from metrics.py's")
+
+#: The code of the slots counting the native path's requests per (model, version).
+NATIVE = "NATIVE"
+
+#: The request-stats file of each worker in the multiprocess directory.
+STATS_GLOB = "requests-*.stats"
+
+#: (model, version, variant, code, cells): one slot of a RequestStats table.
+StatsRow = tuple[str, str, str, str, list[int]]
+StatsKey = tuple[str, str, str, str]
 
 
 def serve_metrics(
@@ -48,37 +87,128 @@ def serve_metrics(
     return httpd
 
 
-class Metrics:
-    """Request-path metrics. One instance per process, built in the composition root."""
+def multiprocess_dir() -> Path | None:
+    """prometheus_client's multiprocess directory, PROMETHEUS_MULTIPROC_DIR (the
+    supervisor sets it for its workers), or None in a single process. The request
+    table follows the same switch prometheus_client reads, so the two never
+    disagree about where a worker's metrics go."""
+    d = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(d) if d else None
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+
+def stats_file(directory: Path) -> Path:
+    """A new request-stats file name for this process in `directory`: the pid and
+    a random part, so a pid reused by a later worker never meets an earlier file."""
+    return directory / f"requests-{os.getpid()}-{secrets.token_hex(6)}.stats"
+
+
+def merge_stats(tables: Iterable[Iterable[StatsRow]]) -> dict[StatsKey, list[int]]:
+    """The cells of every key summed over `tables` (several workers' files)."""
+    out: dict[StatsKey, list[int]] = {}
+    for table in tables:
+        for model, version, variant, code, cells in table:
+            key = (model, version, variant, code)
+            prev = out.get(key)
+            out[key] = (
+                list(cells) if prev is None else [a + b for a, b in zip(prev, cells, strict=True)]
+            )
+    return out
+
+
+class RequestCollector(Collector):
+    """The request families, from RequestStats tables at scrape time, with the
+    names, types, help texts, labels and buckets prometheus_client gave them:
+    requests per (model, version, variant, code); for successes, the duration
+    histogram per (model, version, variant), rows per (model, version) and the
+    rows-per-request histogram per model (summed over versions and variants)."""
+
+    def __init__(self, tables: Callable[[], Iterable[Iterable[StatsRow]]]) -> None:
+        self._tables = tables
+
+    @staticmethod
+    def _families() -> tuple[
+        CounterMetricFamily, HistogramMetricFamily, CounterMetricFamily, HistogramMetricFamily
+    ]:
+        return (
+            CounterMetricFamily(
+                "riskserve_requests",
+                "Inference requests by model, version that served, variant, and status code.",
+                labels=["model", "version", "variant", "code"],
+            ),
+            HistogramMetricFamily(
+                "riskserve_request_duration_seconds",
+                "Time from a decoded request to its scores, seconds.",
+                labels=["model", "version", "variant"],
+            ),
+            CounterMetricFamily(
+                "riskserve_inference_rows",
+                "Rows (transactions) scored.",
+                labels=["model", "version"],
+            ),
+            HistogramMetricFamily(
+                "riskserve_request_rows", "Rows per inference request.", labels=["model"]
+            ),
+        )
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        requests, duration, rows, request_rows = self._families()
+        native = CounterMetricFamily(
+            "riskserve_native_requests",
+            "Inference requests the native path scored (one native call each), by model "
+            "and version; the others of riskserve_requests_total took the Python path.",
+            labels=["model", "version"],
+        )
+        rows_of: dict[tuple[str, str], int] = {}
+        per_model: dict[str, list[int]] = {}  # rows bucket counts, then the rows sum
+        for (model, version, variant, code), cells in merge_stats(self._tables()).items():
+            if code == NATIVE:
+                native.add_metric([model, version], cells[COUNT])
+                continue
+            requests.add_metric([model, version, variant, code], cells[COUNT])
+            if code != "OK":
+                continue
+            duration.add_metric(
+                [model, version, variant],
+                list(zip(_LATENCY_LE, itertools.accumulate(cells[_LATENCY:_ROWS]), strict=True)),
+                cells[LATENCY_SUM_NS] / 1e9,
+            )
+            rows_of[(model, version)] = rows_of.get((model, version), 0) + cells[ROWS_SUM]
+            mine = [*cells[_ROWS:], cells[ROWS_SUM]]
+            prev = per_model.get(model)
+            per_model[model] = (
+                mine if prev is None else [a + b for a, b in zip(prev, mine, strict=True)]
+            )
+        for (model, version), n in rows_of.items():
+            rows.add_metric([model, version], n)
+        for model, counts in per_model.items():
+            buckets = list(zip(_ROWS_LE, itertools.accumulate(counts[:-1]), strict=True))
+            request_rows.add_metric([model], buckets, counts[-1])
+        yield requests
+        yield duration
+        yield rows
+        yield request_rows
+        yield native
+
+
+class Metrics:
+    """Request-path metrics. One instance per process, built in the composition root.
+
+    The request families live in `stats`, a RequestStats table: in this process's
+    memory, or, in a worker of `serve --workers N` (`stats_dir`, else
+    PROMETHEUS_MULTIPROC_DIR), a new file in that directory that the metrics
+    process reads. A native hot path records into it without Python: `ok_slot`
+    gives the slot of a (model, version, variant), `stats.observe_ok(slot, ns, rows)`
+    (or the core table behind it) records one success."""
+
+    def __init__(self, registry: CollectorRegistry, stats_dir: Path | None = None) -> None:
         self.registry = registry
-        self.requests = Counter(
-            "riskserve_requests",
-            "Inference requests by model, version that served, variant, and status code.",
-            ["model", "version", "variant", "code"],
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "riskserve_request_duration_seconds",
-            "Time from a decoded request to its scores, seconds.",
-            ["model", "version", "variant"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.rows = Counter(
-            "riskserve_inference_rows",
-            "Rows (transactions) scored.",
-            ["model", "version"],
-            registry=registry,
-        )
-        self.request_rows = Histogram(
-            "riskserve_request_rows",
-            "Rows per inference request.",
-            ["model"],
-            buckets=BATCH_BUCKETS,
-            registry=registry,
-        )
+        directory = stats_dir if stats_dir is not None else multiprocess_dir()
+        #: riskserve_requests, request_duration_seconds, inference_rows, request_rows.
+        self.stats = RequestStats(None if directory is None else str(stats_file(directory)))
+        registry.register(RequestCollector(lambda: [self.stats.snapshot()]))
         self.batch_rows = Histogram(
             "riskserve_batch_rows",
             "Rows per model call after dynamic batching.",
@@ -131,23 +261,46 @@ class Metrics:
             self.log_rows.labels(result)
         for result in ("accepted", "duplicate", "revised", "pending", "rejected"):
             self.labels_in.labels(result)
-        self._ok: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
+        self._ok: dict[tuple[str, str, str], int] = {}
+        self._codes: dict[StatsKey, int] = {}
+        self._observe_ok = self.stats.observe_ok
+
+    @property
+    def requests(self) -> RequestStats:
+        """This process's request counts, every code (SnapshotWriter reports their
+        sum per worker): the `stats` table."""
+        return self.stats
+
+    def ok_slot(self, model: str, version: str, variant: str) -> int:
+        """The `stats` slot of successes of (model, version, variant), for a hot
+        path that records with `stats.observe_ok(slot, ns, rows)` (or natively)."""
+        slot = self._ok.get((model, version, variant))
+        if slot is None:
+            slot = self._ok[(model, version, variant)] = self.stats.slot(
+                model, version, variant, "OK"
+            )
+        return slot
 
     def observe_ok(self, model: str, version: str, variant: str, seconds: float, rows: int) -> None:
-        children = self._ok.get((model, version, variant))
-        if children is None:
-            children = (
-                self.requests.labels(model, version, variant, "OK"),
-                self.duration.labels(model, version, variant),
-                self.rows.labels(model, version),
-                self.request_rows.labels(model),
-            )
-            self._ok[(model, version, variant)] = children
-        req, dur, rws, rr = children
-        req.inc()
-        dur.observe(seconds)
-        rws.inc(rows)
-        rr.observe(rows)
+        slot = self._ok.get((model, version, variant))
+        if slot is None:
+            slot = self.ok_slot(model, version, variant)
+        self._observe_ok(slot, int(seconds * 1e9 + 0.5), rows)
+
+    def observe_native(
+        self, model: str, version: str, variant: str, seconds: float, rows: int
+    ) -> None:
+        """A success of the native path: observe_ok, and one more of
+        riskserve_native_requests_total."""
+        slot = self._ok.get((model, version, variant))
+        if slot is None:
+            slot = self.ok_slot(model, version, variant)
+        self._observe_ok(slot, int(seconds * 1e9 + 0.5), rows)
+        key = (model, version, "", NATIVE)
+        native = self._codes.get(key)
+        if native is None:
+            native = self._codes[key] = self.stats.slot(*key)
+        self.stats.count(native)
 
     def observe_batch(self, model: str, version: str, rows: int, waits: Sequence[float]) -> None:
         self.batch_rows.labels(model, version).observe(rows)
@@ -156,7 +309,11 @@ class Metrics:
             q.observe(w)
 
     def observe_error(self, model: str, version: str, variant: str, code: str) -> None:
-        self.requests.labels(model, version, variant, code).inc()
+        key = (model, version, variant, code)
+        slot = self._codes.get(key)
+        if slot is None:
+            slot = self._codes[key] = self.stats.slot(model, version, variant, code)
+        self.stats.count(slot)
 
     def observe_shadow(self, model: str, version: str, outcome: str, diff: float | None) -> None:
         self.shadow.labels(model, version, outcome).inc()

@@ -10,6 +10,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from riskserve._native import Gbdt, ModelError
+
 FloatMatrix = npt.NDArray[np.float32]
 
 # LightGBM C API constants (c_api.h).
@@ -73,6 +75,33 @@ class LightGBMRuntime:
         self._lib = lgb_basic._LIB  # type: ignore[attr-defined]
         self._check = lgb_basic._safe_call
         self._params = ctypes.c_char_p(b"num_threads=1")
+        #: The Rust tree evaluator (riskserve-core gbdt), 4x faster than the C API
+        #: on one row, when it parses this model and equals LightGBM on the parity
+        #: rows; the native hot path needs it. Else None and `gbdt_refusal` says why.
+        self.gbdt: Gbdt | None = None
+        self.gbdt_refusal = ""
+        self._native_evaluator(model_txt)
+
+    def _native_evaluator(self, model_txt: bytes) -> None:
+        try:
+            g = Gbdt(model_txt.decode())
+        except (ModelError, UnicodeDecodeError) as e:
+            self.gbdt_refusal = f"the native evaluator does not take this model: {e}"
+            return
+        if g.n_features != self.n_features:
+            self.gbdt_refusal = (
+                f"the native evaluator reads {g.n_features} features, LightGBM {self.n_features}"
+            )
+            return
+        rows = parity_rows(self.n_features)
+        rows[1::3, :] = np.nan  # the missing-value branches too
+        diff = float(np.max(np.abs(g.predict(rows) - self._predict_c(rows).astype(np.float64))))
+        if not diff <= PARITY_TOLERANCE:
+            self.gbdt_refusal = (
+                f"the native evaluator differs from LightGBM by {diff:.3g} on the parity rows"
+            )
+            return
+        self.gbdt = g
 
     def model_text(self) -> bytes:
         """The model as LightGBM holds it (model.txt format)."""
@@ -80,6 +109,14 @@ class LightGBMRuntime:
 
     def predict(self, features: FloatMatrix) -> Scores:
         x = np.ascontiguousarray(features, dtype=np.float32)
+        if self.gbdt is not None:
+            if x.ndim != 2 or x.shape[1] != self.n_features:
+                raise ValueError(f"expected {self.n_features} features, got shape {x.shape}")
+            return self.gbdt.predict(x).astype(np.float32)
+        return self._predict_c(x).astype(np.float32)
+
+    def _predict_c(self, x: FloatMatrix) -> npt.NDArray[np.float64]:
+        """LightGBM's own scores (float64) of a C-contiguous float32 matrix."""
         rows, cols = x.shape
         if cols != self.n_features:
             raise ValueError(f"expected {self.n_features} features, got {cols}")
@@ -103,7 +140,7 @@ class LightGBMRuntime:
         )
         if n_out.value != rows:
             raise RuntimeError(f"LightGBM returned {n_out.value} scores for {rows} rows")
-        return out.astype(np.float32)
+        return out
 
 
 class OnnxRuntime:

@@ -195,7 +195,7 @@ class Registrar:
             return grpc.stream_stream_rpc_method_handler(
                 stream,
                 request_deserializer=None,
-                response_serializer=h.response_serializer,
+                response_serializer=_passing_bytes(h.response_serializer),
             )
         if h.unary_unary is None:
             raise ValueError(f"{method}: only unary methods and non-admin streams are served")
@@ -207,5 +207,18 @@ class Registrar:
         return grpc.unary_unary_rpc_method_handler(
             guarded(method, inner, self.quiesce),
             request_deserializer=None,
-            response_serializer=h.response_serializer,
+            response_serializer=_passing_bytes(h.response_serializer),
         )
+
+
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """`serialize`, except that a reply already encoded (bytes: the native path's)
+    goes out as it is."""
+    if serialize is None:
+        return None
+    ser = serialize
+
+    def out(reply: Any) -> bytes:
+        return reply if type(reply) is bytes else ser(reply)
+
+    return out

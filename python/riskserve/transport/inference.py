@@ -1,8 +1,11 @@
 """inference.GRPCInferenceService: the Open Inference Protocol (KServe V2).
 
-ModelInfer and ModelStreamInfer receive the request bytes and decode them with the
-codec (the Rust reader by default); the other methods get messages the Registrar
-decoded. Every inference request that reaches a handler is counted in
+ModelInfer and ModelStreamInfer receive the request bytes. A plain request of a
+version the native path serves is scored and answered in one native call
+(DataPlane.infer_bytes, which returns the reply's bytes); every other request is
+decoded with the codec (the Rust reader by default) and scored by DataPlane.infer,
+which gives every refusal its status and message. The other methods get messages
+the Registrar decoded. Every inference request that reaches a handler is counted in
 riskserve_requests_total, a refused one under a bounded model label; every one
 that reaches a version, in that version's ModelStatistics (Triton's statistics
 extension: riskserve.monitoring.statistics)."""
@@ -210,12 +213,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self,
         request_iterator: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    ) -> AsyncIterator[pb.ModelStreamInferResponse | bytes]:
         """Triton's bidirectional stream: one response per request, in order. A
         failed request (one that does not even decode, too) answers with
         `error_message` (its status name first) and the stream goes on."""
+        dp = self._dp
         async for data in request_iterator:
             received = time.perf_counter()
+            fast = dp.infer_bytes(data, context.time_remaining(), received, stream=True)
+            if fast is not None:
+                yield fast  # ModelStreamInferResponse bytes (the Registrar passes bytes on)
+                continue
             try:
                 req = self._decode("ModelStreamInfer", data, context.time_remaining())
             except RequestRefused as e:
@@ -239,9 +247,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     @takes_bytes
     async def ModelInfer(
         self, data: bytes, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInferResponse:
+    ) -> pb.ModelInferResponse | bytes:
+        """The native path first (DataPlane.infer_bytes: plain requests of versions
+        it serves, reply bytes from one native call); every other request, and
+        every one it does not accept, through the decoder and DataPlane.infer."""
         received = time.perf_counter()
-        req = self._decode("ModelInfer", data, context.time_remaining())
+        remaining = context.time_remaining()
+        fast = self._dp.infer_bytes(data, remaining, received)
+        if fast is not None:
+            return fast  # reply bytes: one native call did the work
+        req = self._decode("ModelInfer", data, remaining)
         result = await self._dp.infer(req, received)
         reply = encode_response(result)
         if result.statistics is not None:

@@ -144,6 +144,19 @@ pub fn bind_columns<'a>(
 /// then that many bytes) into spans over `buf`.
 pub fn parse_packed_bytes(name: &str, buf: &[u8]) -> Result<Vec<Option<(usize, usize)>>> {
     let mut spans = Vec::new();
+    parse_packed_bytes_into(name, buf, &mut spans)?;
+    Ok(spans)
+}
+
+/// [`parse_packed_bytes`] appending to `spans` (several columns can share one
+/// vector); returns how many elements it appended. On an error `spans` may hold
+/// part of the buffer's spans.
+pub fn parse_packed_bytes_into(
+    name: &str,
+    buf: &[u8],
+    spans: &mut Vec<Option<(usize, usize)>>,
+) -> Result<usize> {
+    let first = spans.len();
     let mut pos = 0usize;
     while pos < buf.len() {
         let Some(header) = buf.get(pos..pos + 4) else {
@@ -161,14 +174,14 @@ pub fn parse_packed_bytes(name: &str, buf: &[u8]) -> Result<Vec<Option<(usize, u
                 name: name.to_owned(),
                 reason: format!(
                     "element {} declares {n} bytes but only {} remain",
-                    spans.len(),
+                    spans.len() - first,
                     buf.len() - start
                 ),
             })?;
         spans.push(Some((start, end)));
         pos = end;
     }
-    Ok(spans)
+    Ok(spans.len() - first)
 }
 
 #[cfg(test)]

@@ -11,16 +11,22 @@
 //!   edges, vocabularies) on training columns.
 //! * [`drift`]: reference bins fitted at training, exact streaming per-bin counts
 //!   in a ring of sub-windows, and the one PSI implementation.
+//! * [`counters`]: request counts and latency histograms in atomics, in a file
+//!   other processes read (the fleet's request metrics).
 //! * [`hash`]: MurmurHash3 x86_32, the portable hash behind hashed categories and
 //!   sticky traffic assignment.
 //! * [`record`]: raw input rows as JSON objects, for the prediction log.
 //! * [`wire`]: reads a serialized Open Inference Protocol `ModelInferRequest`
 //!   without building protobuf objects.
+//! * [`fastpath`]: a plain request's bytes → validated columns → scores → reply
+//!   bytes, in one call.
 //! * [`error`]: the one typed error enum every fallible function returns.
 
 pub mod column;
+pub mod counters;
 pub mod drift;
 pub mod error;
+pub mod fastpath;
 pub mod fit;
 pub mod gbdt;
 pub mod hash;

@@ -326,6 +326,11 @@ impl FeaturePipeline {
         &self.spec.inputs
     }
 
+    /// The position of the declared input `name` among [`FeaturePipeline::inputs`].
+    pub fn input_position(&self, name: &str) -> Option<usize> {
+        self.input_index.get(name).copied()
+    }
+
     pub fn feature_names(&self) -> &[String] {
         &self.feature_names
     }

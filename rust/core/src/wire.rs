@@ -24,6 +24,11 @@
 //!   `InferParameter`; repeated singular fields: the last wins, and a repeated
 //!   `InferParameter` value merges (the last `parameter_choice` set wins).
 //!
+//! One reader validates: [`visit_infer_request`] hands the request's parts
+//! (borrowed from the buffer) to a [`RequestVisitor`] as it reads them;
+//! [`parse_infer_request_capped`] is the visitor that builds a [`WireRequest`],
+//! and `crate::fastpath` has visitors that keep only what they need.
+//!
 //! Lists are stored only up to [`Caps`] and counted in full, so a server can
 //! refuse an oversized request without this reader (or the generated code)
 //! first materialising millions of entries from a few bytes each. Typed
@@ -151,7 +156,19 @@ impl<'a> Reader<'a> {
 
     /// A varint of at most `max_bytes` bytes (bits beyond 64 are dropped, as
     /// protobuf does).
+    #[inline(always)]
     fn varint_of(&mut self, max_bytes: usize, what: &str) -> Result<u64> {
+        // Most tags and lengths are one byte.
+        match self.buf.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(b))
+            }
+            _ => self.long_varint(max_bytes, what),
+        }
+    }
+
+    fn long_varint(&mut self, max_bytes: usize, what: &str) -> Result<u64> {
         let start = self.at();
         let mut out = 0u64;
         for i in 0..max_bytes {
@@ -177,12 +194,14 @@ impl<'a> Reader<'a> {
     }
 
     /// The next tag of a message as (field number, wire type); wire types 0-5 only.
+    #[inline(always)]
     fn tag(&mut self) -> Result<(u32, u8)> {
         self.tag_of(false)
     }
 
     /// A tag; field number 0 is valid only inside an unknown group (protobuf
     /// skips a group's fields without looking at their numbers).
+    #[inline(always)]
     fn tag_of(&mut self, in_group: bool) -> Result<(u32, u8)> {
         let start = self.at();
         let t = self.varint_of(5, "tag")?;
@@ -201,6 +220,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A length-delimited field: (absolute start, bytes).
+    #[inline(always)]
     fn bytes(&mut self) -> Result<(usize, &'a [u8])> {
         let at = self.at();
         let n = self.varint_of(5, "length")?;
@@ -219,11 +239,13 @@ impl<'a> Reader<'a> {
     }
 
     /// A sub-message: a reader over its bytes.
+    #[inline(always)]
     fn message(&mut self) -> Result<Reader<'a>> {
         let (start, b) = self.bytes()?;
         Ok(Reader::new(b, start))
     }
 
+    #[inline(always)]
     fn str(&mut self, field: &str) -> Result<&'a str> {
         let (start, b) = self.bytes()?;
         std::str::from_utf8(b).map_err(|_| bad(format!("{field} at byte {start} is not UTF-8")))
@@ -371,21 +393,64 @@ fn contents(mut r: Reader<'_>, depth: u32) -> Result<()> {
     Ok(())
 }
 
-/// An `InferInputTensor` and how many parameters it carries.
-fn input(mut r: Reader<'_>, depth: u32, caps: &Caps) -> Result<(WireInput, usize)> {
+/// One input tensor header as the reader sees it, its strings borrowed from the
+/// request buffer (its shape went to [`RequestVisitor::dim`] as it was read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InputView<'a> {
+    pub name: &'a str,
+    pub datatype: &'a str,
+    /// How many dimensions its shape has.
+    pub n_dims: usize,
+    /// The typed `contents` field is present (even empty).
+    pub has_contents: bool,
+    /// How many parameters it carries.
+    pub n_parameters: usize,
+}
+
+/// Receives the parts of a `ModelInferRequest` in wire order while
+/// [`visit_infer_request`] validates the whole message. Strings borrow the
+/// buffer; every method defaults to ignoring its part, so a visitor that needs
+/// only the request-level fields stores nothing else (and allocates nothing).
+pub trait RequestVisitor<'a> {
+    fn model_name(&mut self, _name: &'a str) {}
+    fn model_version(&mut self, _version: &'a str) {}
+    fn id(&mut self, _id: &'a str) {}
+    /// A request parameter (a map entry holding an unknown field is none).
+    fn parameter(&mut self, _key: &'a str, _value: Param) {}
+    /// One dimension of the shape of the input being read: its dimensions come
+    /// before the [`RequestVisitor::input`] call that ends it.
+    fn dim(&mut self, _d: i64) {}
+    fn input(&mut self, _input: InputView<'a>) {}
+    /// A requested output: its name and how many parameters it carries.
+    fn output(&mut self, _name: &'a str, _n_parameters: usize) {}
+    /// A `raw_input_contents` entry as its byte range in the buffer.
+    fn raw(&mut self, _start: usize, _end: usize) {}
+}
+
+/// An `InferInputTensor`; its dimensions go to `v` as they are read.
+fn input<'a>(
+    mut r: Reader<'a>,
+    depth: u32,
+    v: &mut impl RequestVisitor<'a>,
+) -> Result<InputView<'a>> {
     check_depth(depth, r.at())?;
-    let mut out = WireInput::default();
-    let mut n_params = 0;
+    let mut out = InputView::default();
     while !r.done() {
         match r.tag()? {
-            (1, 2) => out.name = r.string("input name")?,
-            (2, 2) => out.datatype = r.string("input datatype")?,
+            (1, 2) => out.name = r.str("input name")?,
+            (2, 2) => out.datatype = r.str("input datatype")?,
             (3, 0) => {
                 let d = r.varint()? as i64;
-                push_dim(&mut out, d, caps);
+                out.n_dims += 1;
+                v.dim(d);
             }
-            (3, 2) => r.packed_varints(|d| push_dim(&mut out, d as i64, caps))?,
-            (4, 2) => n_params += usize::from(map_entry(r.message()?, depth + 1)?.is_some()),
+            (3, 2) => r.packed_varints(|d| {
+                out.n_dims += 1;
+                v.dim(d as i64);
+            })?,
+            (4, 2) => {
+                out.n_parameters += usize::from(map_entry(r.message()?, depth + 1)?.is_some());
+            }
             (5, 2) => {
                 contents(r.message()?, depth + 1)?;
                 out.has_contents = true;
@@ -393,28 +458,121 @@ fn input(mut r: Reader<'_>, depth: u32, caps: &Caps) -> Result<(WireInput, usize
             (f, wt) => r.skip(f, wt, depth)?,
         }
     }
-    Ok((out, n_params))
-}
-
-fn push_dim(out: &mut WireInput, d: i64, caps: &Caps) {
-    out.n_dims += 1;
-    if out.shape.len() < caps.dims {
-        out.shape.push(d);
-    }
+    Ok(out)
 }
 
 /// An `InferRequestedOutputTensor`: its name and how many parameters it carries.
-fn output(mut r: Reader<'_>, depth: u32) -> Result<(String, usize)> {
+fn output(mut r: Reader<'_>, depth: u32) -> Result<(&str, usize)> {
     check_depth(depth, r.at())?;
-    let (mut name, mut n_params) = (String::new(), 0);
+    let (mut name, mut n_params) = ("", 0);
     while !r.done() {
         match r.tag()? {
-            (1, 2) => name = r.string("output name")?,
+            (1, 2) => name = r.str("output name")?,
             (2, 2) => n_params += usize::from(map_entry(r.message()?, depth + 1)?.is_some()),
             (f, wt) => r.skip(f, wt, depth)?,
         }
     }
     Ok((name, n_params))
+}
+
+/// Validates a serialized `ModelInferRequest` exactly as [`parse_infer_request`]
+/// does, handing its parts to `v` in wire order. On an error `v` may have seen
+/// part of the request.
+pub fn visit_infer_request<'a>(buf: &'a [u8], v: &mut impl RequestVisitor<'a>) -> Result<()> {
+    let mut r = Reader::new(buf, 0);
+    while !r.done() {
+        match r.tag()? {
+            (1, 2) => v.model_name(r.str("model_name")?),
+            (2, 2) => v.model_version(r.str("model_version")?),
+            (3, 2) => v.id(r.str("id")?),
+            (4, 2) => {
+                if let Some((k, value)) = map_entry(r.message()?, 1)? {
+                    v.parameter(k, value);
+                }
+            }
+            (5, 2) => {
+                let inp = input(r.message()?, 1, v)?;
+                v.input(inp);
+            }
+            (6, 2) => {
+                let (name, n_params) = output(r.message()?, 1)?;
+                v.output(name, n_params);
+            }
+            (7, 2) => {
+                let (start, b) = r.bytes()?;
+                v.raw(start, start + b.len());
+            }
+            (f, wt) => r.skip(f, wt, 0)?,
+        }
+    }
+    Ok(())
+}
+
+/// Builds a [`WireRequest`], storing lists up to its caps.
+struct Owned<'c> {
+    caps: &'c Caps,
+    out: WireRequest,
+    /// The dimensions of the input being read (at most `caps.dims`).
+    shape: Vec<i64>,
+}
+
+impl<'a> RequestVisitor<'a> for Owned<'_> {
+    fn model_name(&mut self, name: &'a str) {
+        self.out.model_name = name.to_owned();
+    }
+
+    fn model_version(&mut self, version: &'a str) {
+        self.out.model_version = version.to_owned();
+    }
+
+    fn id(&mut self, id: &'a str) {
+        self.out.id = id.to_owned();
+    }
+
+    fn parameter(&mut self, key: &'a str, value: Param) {
+        self.out.n_parameters += 1;
+        if self.out.parameters.len() < self.caps.parameters {
+            self.out.parameters.push((key.to_owned(), value));
+        }
+    }
+
+    fn dim(&mut self, d: i64) {
+        if self.shape.len() < self.caps.dims {
+            self.shape.push(d);
+        }
+    }
+
+    fn input(&mut self, i: InputView<'a>) {
+        let shape = std::mem::take(&mut self.shape);
+        let out = &mut self.out;
+        out.n_inputs += 1;
+        out.tensor_parameters = out.tensor_parameters.max(i.n_parameters);
+        if out.inputs.len() < self.caps.tensors {
+            out.inputs.push(WireInput {
+                name: i.name.to_owned(),
+                datatype: i.datatype.to_owned(),
+                shape,
+                n_dims: i.n_dims,
+                has_contents: i.has_contents,
+            });
+        }
+    }
+
+    fn output(&mut self, name: &'a str, n_parameters: usize) {
+        let out = &mut self.out;
+        out.n_outputs += 1;
+        out.tensor_parameters = out.tensor_parameters.max(n_parameters);
+        if out.outputs.len() < self.caps.tensors {
+            out.outputs.push(name.to_owned());
+        }
+    }
+
+    fn raw(&mut self, start: usize, end: usize) {
+        self.out.n_raw += 1;
+        if self.out.raw.len() < self.caps.tensors {
+            self.out.raw.push((start, end));
+        }
+    }
 }
 
 /// Parses a serialized `ModelInferRequest`, storing everything.
@@ -425,48 +583,13 @@ pub fn parse_infer_request(buf: &[u8]) -> Result<WireRequest> {
 /// Parses a serialized `ModelInferRequest`, storing lists only up to `caps`
 /// (and counting them in full).
 pub fn parse_infer_request_capped(buf: &[u8], caps: &Caps) -> Result<WireRequest> {
-    let mut r = Reader::new(buf, 0);
-    let mut out = WireRequest::default();
-    while !r.done() {
-        match r.tag()? {
-            (1, 2) => out.model_name = r.string("model_name")?,
-            (2, 2) => out.model_version = r.string("model_version")?,
-            (3, 2) => out.id = r.string("id")?,
-            (4, 2) => {
-                if let Some((k, v)) = map_entry(r.message()?, 1)? {
-                    out.n_parameters += 1;
-                    if out.parameters.len() < caps.parameters {
-                        out.parameters.push((k.to_owned(), v));
-                    }
-                }
-            }
-            (5, 2) => {
-                let (inp, n_params) = input(r.message()?, 1, caps)?;
-                out.n_inputs += 1;
-                out.tensor_parameters = out.tensor_parameters.max(n_params);
-                if out.inputs.len() < caps.tensors {
-                    out.inputs.push(inp);
-                }
-            }
-            (6, 2) => {
-                let (name, n_params) = output(r.message()?, 1)?;
-                out.n_outputs += 1;
-                out.tensor_parameters = out.tensor_parameters.max(n_params);
-                if out.outputs.len() < caps.tensors {
-                    out.outputs.push(name);
-                }
-            }
-            (7, 2) => {
-                let (start, b) = r.bytes()?;
-                out.n_raw += 1;
-                if out.raw.len() < caps.tensors {
-                    out.raw.push((start, start + b.len()));
-                }
-            }
-            (f, wt) => r.skip(f, wt, 0)?,
-        }
-    }
-    Ok(out)
+    let mut v = Owned {
+        caps,
+        out: WireRequest::default(),
+        shape: Vec::new(),
+    };
+    visit_infer_request(buf, &mut v)?;
+    Ok(v.out)
 }
 
 /// The index of the first input whose raw `FP16`, `FP32` or `FP64` content

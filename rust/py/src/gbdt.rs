@@ -10,7 +10,7 @@ use crate::gil::without_gil;
 /// every thread, and `predict` releases the GIL.
 #[pyclass(module = "riskserve._native", frozen)]
 pub struct Gbdt {
-    inner: riskserve_core::gbdt::Gbdt,
+    pub(crate) inner: riskserve_core::gbdt::Gbdt,
 }
 
 impl Gbdt {

@@ -16,7 +16,7 @@ use crate::gil::without_gil;
 /// serves every thread, and `transform` releases the GIL.
 #[pyclass(module = "riskserve._native", frozen)]
 pub struct FeaturePipeline {
-    inner: riskserve_core::FeaturePipeline,
+    pub(crate) inner: riskserve_core::FeaturePipeline,
 }
 
 #[pymethods]
