@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -44,9 +44,9 @@ HASH_BYTES = 16
 MAX_BACKOFF = 2.0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Scored:
-    """One scored request, as the data plane hands it over."""
+class Scored(NamedTuple):
+    """One scored request, as the data plane hands it over (a NamedTuple: one is
+    built per request on the hot path)."""
 
     request_id: str
     ts: float

@@ -263,6 +263,7 @@ class Metrics:
             self.labels_in.labels(result)
         self._ok: dict[tuple[str, str, str], int] = {}
         self._codes: dict[StatsKey, int] = {}
+        self._batch: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._observe_ok = self.stats.observe_ok
 
     @property
@@ -303,8 +304,14 @@ class Metrics:
         self.stats.count(native)
 
     def observe_batch(self, model: str, version: str, rows: int, waits: Sequence[float]) -> None:
-        self.batch_rows.labels(model, version).observe(rows)
-        q = self.queue_seconds.labels(model, version)
+        children = self._batch.get((model, version))
+        if children is None:
+            children = self._batch[(model, version)] = (
+                self.batch_rows.labels(model, version),
+                self.queue_seconds.labels(model, version),
+            )
+        batch, q = children
+        batch.observe(rows)
         for w in waits:
             q.observe(w)
 

@@ -55,6 +55,7 @@ class Routed:
 
 
 _NO_OVERRIDES: Mapping[int, float] = MappingProxyType({})
+_NO_ROUTES: Mapping[tuple[int, bool | None], Routed] = MappingProxyType({})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,12 @@ class Deployment:
     #: Operating thresholds set for this deployment, overriding the versions' own.
     thresholds: Mapping[int, float] = dataclasses.field(default_factory=lambda: _NO_OVERRIDES)
     _ranges: tuple[tuple[int, int], ...] = dataclasses.field(default=(), repr=False)
+    #: Every Routed this deployment can give (`routes`), built once: (version,
+    #: shadowed) → Routed for the split's variants, (version, None) → the
+    #: explicit-version route.
+    _routes: Mapping[tuple[int, bool | None], Routed] = dataclasses.field(
+        default_factory=lambda: _NO_ROUTES, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         variants = self.variants or (Variant(self.live, 100),)
@@ -95,6 +102,40 @@ class Deployment:
                 ranges.append((upper, v.version))
         object.__setattr__(self, "variants", variants)
         object.__setattr__(self, "_ranges", tuple(ranges))
+
+    def routes(self) -> Mapping[tuple[int, bool | None], Routed]:
+        """The routes of `route`, one object each (a request only reads its Routed),
+        built at the first request."""
+        if self._routes:
+            return self._routes
+        routes: dict[tuple[int, bool | None], Routed] = {}
+        split = len(self._ranges) > 1
+        since = self.traffic_since or self.revision
+        shadow = None if self.shadow_version is None else self.versions.get(self.shadow_version)
+        for v in self.versions:
+            threshold = self.threshold_of(v)
+            routes[(v, None)] = Routed(
+                self.versions[v], "explicit", self.revision, threshold=threshold
+            )
+            for shadowed in (False, True):
+                with_shadow = shadowed and shadow is not None and self.shadow_version != v
+                routes[(v, shadowed)] = Routed(
+                    self.versions[v],
+                    f"v{v}",
+                    self.revision,
+                    shadow if with_shadow else None,
+                    split,
+                    since,
+                    threshold=threshold,
+                    shadow_threshold=(
+                        self.threshold_of(self.shadow_version)  # type: ignore[arg-type]
+                        if with_shadow
+                        else 0.0
+                    ),
+                )
+        out = MappingProxyType(routes)
+        object.__setattr__(self, "_routes", out)
+        return out
 
     @property
     def live_model(self) -> LoadedModel:
@@ -143,29 +184,10 @@ class RoutingTable:
     def route(self, name: str, version: str = "", key: str | None = None) -> Routed:
         """Routes one request: an explicit version bypasses the split."""
         dep = self.deployment(name)
+        routes = dep._routes or dep.routes()
         if version:
-            ev = _explicit(dep, version)
-            return Routed(
-                dep.versions[ev], "explicit", dep.revision, threshold=dep.threshold_of(ev)
-            )
-        v = dep.assign(key)
-        shadow, shadow_threshold = None, 0.0
-        if dep.wants_shadow(key) and dep.shadow_version is not None and dep.shadow_version != v:
-            shadow = dep.versions.get(dep.shadow_version)
-            if shadow is not None:
-                shadow_threshold = dep.threshold_of(dep.shadow_version)
-        split = len(dep._ranges) > 1
-        since = dep.traffic_since or dep.revision
-        return Routed(
-            dep.versions[v],
-            f"v{v}",
-            dep.revision,
-            shadow,
-            split,
-            since,
-            threshold=dep.threshold_of(v),
-            shadow_threshold=shadow_threshold,
-        )
+            return routes[(_explicit(dep, version), None)]
+        return routes[(dep.assign(key), dep.wants_shadow(key))]
 
 
 def _explicit(dep: Deployment, version: str) -> int:
