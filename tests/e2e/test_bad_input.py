@@ -52,8 +52,8 @@ OPEN_METHODS = [
 #: Bytes protobuf refuses as any message: a truncated length, an end-group tag
 #: outside a group, wire type 7.
 UNDECODABLE = [bytes.fromhex("0aff"), b"\x0c", b"\x0f"]
-#: ...and as a ModelInferRequest, field number 0 (protobuf 7, unlike 6, accepts it
-#: in a message without fields, ListModelsRequest, and inside a group).
+#: ...and as a ModelInferRequest, field number 0 (protobuf accepts it in a
+#: message without fields, ListModelsRequest, and inside a group).
 UNDECODABLE_INFER = [bytes.fromhex("0500000000"), *UNDECODABLE]
 RPC_TIMEOUT = 10.0
 

@@ -8,12 +8,12 @@
 //! passed. protobuf's rules, as upb applies them:
 //!
 //! * a tag is a varint of at most 5 bytes whose value fits 32 bits; field
-//!   number 0 (inside a group too: protobuf 6; protobuf 7 skips a group's
-//!   fields without looking at their numbers) and wire types 6 and 7 are invalid;
+//!   number 0 and wire types 6 and 7 are invalid;
 //! * a varint has at most 10 bytes; a length at most 5, and it must not run
 //!   past the end of its message;
 //! * a group (wire type 3) must end with the end-group tag of its own field
-//!   number; an end-group tag outside a group is invalid;
+//!   number; an end-group tag outside a group is invalid; inside a group
+//!   (always an unknown field here) field number 0 is accepted;
 //! * messages and groups nest at most [`MAX_DEPTH`] levels below the request;
 //! * `string` fields (and map keys) must be UTF-8; packed `float` / `double`
 //!   runs must be whole multiples of 4 / 8 bytes;
@@ -193,16 +193,22 @@ impl<'a> Reader<'a> {
         self.varint_of(10, "varint")
     }
 
-    /// The next tag of a message or group as (field number, wire type); field
-    /// numbers from 1, wire types 0-5 only.
+    /// The next tag of a message as (field number, wire type); wire types 0-5 only.
     #[inline(always)]
     fn tag(&mut self) -> Result<(u32, u8)> {
+        self.tag_of(false)
+    }
+
+    /// A tag; field number 0 is valid only inside an unknown group (protobuf
+    /// skips a group's fields without looking at their numbers).
+    #[inline(always)]
+    fn tag_of(&mut self, in_group: bool) -> Result<(u32, u8)> {
         let start = self.at();
         let t = self.varint_of(5, "tag")?;
         let t = u32::try_from(t)
             .map_err(|_| bad(format!("tag at byte {start} does not fit 32 bits")))?;
         let (field, wire_type) = (t >> 3, (t & 7) as u8);
-        if field == 0 {
+        if field == 0 && !in_group {
             return Err(bad(format!("field number 0 at byte {start}")));
         }
         if wire_type > 5 {
@@ -286,7 +292,7 @@ impl<'a> Reader<'a> {
         let start = self.at();
         check_depth(depth, start)?;
         while !self.done() {
-            let (f, wt) = self.tag()?;
+            let (f, wt) = self.tag_of(true)?;
             if wt == 4 {
                 if f == field {
                     return Ok(());
@@ -681,16 +687,13 @@ mod tests {
     fn refuses_what_protobuf_refuses() {
         assert!(err(&[0x05, 0, 0, 0, 0]).contains("field number 0"));
         assert!(err(&[0x80, 0x00]).contains("field number 0"));
-        // Inside a group as well (protobuf 6).
-        assert!(err(&[0x0b, 0x00, 0x00, 0x0c]).contains("field number 0"));
-        assert!(err(&[0x0b, 0x03, 0x04, 0x0c]).contains("field number 0"));
-        assert!(err(&[0x0b, 0x04, 0x0c]).contains("field number 0"));
         assert!(err(&[0x0e]).contains("wire type 6"));
         assert!(err(&[0x0f]).contains("wire type 7"));
         assert!(err(&[0x0a, 0xff]).contains("truncated length"));
         assert!(err(&[0x0c]).contains("closes no group"));
         assert!(err(&[0x0b]).contains("never ends"));
         assert!(err(&[0x0b, 0x14]).contains("closes the group of field 1"));
+        assert!(err(&[0x0b, 0x04, 0x0c]).contains("closes the group of field 1"));
         // A tag of 6 bytes, a tag over 32 bits, an 11-byte varint, a 6-byte length.
         assert!(err(&[0x8a, 0x80, 0x80, 0x80, 0x80, 0x00]).contains("tag"));
         assert!(err(&[0xf8, 0xff, 0xff, 0xff, 0x1f, 0x00]).contains("32 bits"));
@@ -712,6 +715,7 @@ mod tests {
         for ok in [
             &[0x0b, 0x0c][..],                     // an empty group (unknown field)
             &[0x08, 0x01],                         // model_name as a varint: unknown
+            &[0x0b, 0x00, 0x00, 0x03, 0x04, 0x0c], // field number 0 inside a group
             &[0x8a, 0x80, 0x80, 0x80, 0x00, 0x00], // field 1 with a 5-byte tag
             &[0xf8, 0xff, 0xff, 0xff, 0x0f, 0x00], // the largest field number
             &[0x0a, 0x80, 0x80, 0x80, 0x80, 0x00], // a 5-byte length

@@ -5,7 +5,7 @@ import warnings
 
 from riskserve.pb.inference import grpc_service_pb2 as inference_dot_grpc__service__pb2
 
-GRPC_GENERATED_VERSION = '1.75.1'
+GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + f' but the generated code in inference/grpc_service_pb2_grpc.py depends on'
+        + ' but the generated code in inference/grpc_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class GRPCInferenceServiceStub(object):
+class GRPCInferenceServiceStub:
     """Inference Server gRPC endpoints.
     """
 
@@ -92,7 +92,7 @@ class GRPCInferenceServiceStub(object):
                 _registered_method=True)
 
 
-class GRPCInferenceServiceServicer(object):
+class GRPCInferenceServiceServicer:
     """Inference Server gRPC endpoints.
     """
 
@@ -239,7 +239,7 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class GRPCInferenceService(object):
+class GRPCInferenceService:
     """Inference Server gRPC endpoints.
     """
 

@@ -100,7 +100,7 @@ class Threshold(_message.Message):
     threshold: float
     overridden: bool
     manifest_threshold: float
-    def __init__(self, version: _Optional[int] = ..., threshold: _Optional[float] = ..., overridden: bool = ..., manifest_threshold: _Optional[float] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., threshold: _Optional[float] = ..., overridden: _Optional[bool] = ..., manifest_threshold: _Optional[float] = ...) -> None: ...
 
 class Deployment(_message.Message):
     __slots__ = ("model", "revision", "variants", "salt", "shadow", "loaded_versions", "updated_at", "actor", "reason", "thresholds")
@@ -186,7 +186,7 @@ class SetThresholdRequest(_message.Message):
     threshold: float
     clear: bool
     reason: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., threshold: _Optional[float] = ..., clear: bool = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., threshold: _Optional[float] = ..., clear: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class HistoryRequest(_message.Message):
     __slots__ = ("model", "limit")

@@ -5,7 +5,7 @@ import warnings
 
 from riskserve.pb.riskserve.admin.v1 import admin_pb2 as riskserve_dot_admin_dot_v1_dot_admin__pb2
 
-GRPC_GENERATED_VERSION = '1.75.1'
+GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + f' but the generated code in riskserve/admin/v1/admin_pb2_grpc.py depends on'
+        + ' but the generated code in riskserve/admin/v1/admin_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class ModelAdminStub(object):
+class ModelAdminStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -86,7 +86,7 @@ class ModelAdminStub(object):
                 _registered_method=True)
 
 
-class ModelAdminServicer(object):
+class ModelAdminServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListModels(self, request, context):
@@ -221,7 +221,7 @@ def add_ModelAdminServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ModelAdmin(object):
+class ModelAdmin:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -86,7 +86,7 @@ class GetPerformanceRequest(_message.Message):
     maturity_seconds: float
     has_maturity: bool
     window_seconds: float
-    def __init__(self, model: _Optional[str] = ..., maturity_seconds: _Optional[float] = ..., has_maturity: bool = ..., window_seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., maturity_seconds: _Optional[float] = ..., has_maturity: _Optional[bool] = ..., window_seconds: _Optional[float] = ...) -> None: ...
 
 class VariantPerformance(_message.Message):
     __slots__ = ("variant", "version", "shadow", "threshold", "predictions", "labelled", "fraud", "legit", "coverage", "recall", "false_positive_rate", "precision", "amount_recall", "auc")
@@ -118,7 +118,7 @@ class VariantPerformance(_message.Message):
     precision: float
     amount_recall: float
     auc: float
-    def __init__(self, variant: _Optional[str] = ..., version: _Optional[int] = ..., shadow: bool = ..., threshold: _Optional[float] = ..., predictions: _Optional[int] = ..., labelled: _Optional[int] = ..., fraud: _Optional[int] = ..., legit: _Optional[int] = ..., coverage: _Optional[float] = ..., recall: _Optional[float] = ..., false_positive_rate: _Optional[float] = ..., precision: _Optional[float] = ..., amount_recall: _Optional[float] = ..., auc: _Optional[float] = ...) -> None: ...
+    def __init__(self, variant: _Optional[str] = ..., version: _Optional[int] = ..., shadow: _Optional[bool] = ..., threshold: _Optional[float] = ..., predictions: _Optional[int] = ..., labelled: _Optional[int] = ..., fraud: _Optional[int] = ..., legit: _Optional[int] = ..., coverage: _Optional[float] = ..., recall: _Optional[float] = ..., false_positive_rate: _Optional[float] = ..., precision: _Optional[float] = ..., amount_recall: _Optional[float] = ..., auc: _Optional[float] = ...) -> None: ...
 
 class GetPerformanceResponse(_message.Message):
     __slots__ = ("model", "variants", "verdict", "details_json")

@@ -5,7 +5,7 @@ import warnings
 
 from riskserve.pb.riskserve.feedback.v1 import feedback_pb2 as riskserve_dot_feedback_dot_v1_dot_feedback__pb2
 
-GRPC_GENERATED_VERSION = '1.75.1'
+GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + f' but the generated code in riskserve/feedback/v1/feedback_pb2_grpc.py depends on'
+        + ' but the generated code in riskserve/feedback/v1/feedback_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class FeedbackStub(object):
+class FeedbackStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -51,7 +51,7 @@ class FeedbackStub(object):
                 _registered_method=True)
 
 
-class FeedbackServicer(object):
+class FeedbackServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SendLabels(self, request, context):
@@ -105,7 +105,7 @@ def add_FeedbackServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Feedback(object):
+class Feedback:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
