@@ -365,19 +365,12 @@ class DataPlane:
         gbdt = getattr(model.runtime, "gbdt", None)
         if not self._native or gbdt is None:
             return None
-        lim = self._limits
         try:
             return Scorer(
                 model.pipeline,
                 gbdt,
                 model.drift,
-                (
-                    lim.max_parameters,
-                    lim.max_inputs,
-                    lim.max_name_bytes,
-                    lim.max_routing_key_bytes,
-                    lim.max_parameter_bytes,
-                ),
+                scorer_limits(self._limits),
                 self._scoring.max_request_rows,
             )
         except ValueError as e:
@@ -652,6 +645,17 @@ class DataPlane:
             )
         assert batch is not None  # the model has ≥ 1 input and all are present
         return columns, batch
+
+
+def scorer_limits(lim: LimitsSettings) -> tuple[int, int, int, int, int]:
+    """The limits a native Scorer takes, in its order."""
+    return (
+        lim.max_parameters,
+        lim.max_inputs,
+        lim.max_name_bytes,
+        lim.max_routing_key_bytes,
+        lim.max_parameter_bytes,
+    )
 
 
 def table_view(

@@ -36,7 +36,13 @@ from riskserve._native import (
 )
 from riskserve.client import build_request, pack_bytes
 from riskserve.config import BatchingSettings, LimitsSettings, ScoringSettings
-from riskserve.dataplane import DataPlane, InferRequest, InferResult, _routing_key
+from riskserve.dataplane import (
+    DataPlane,
+    InferRequest,
+    InferResult,
+    _routing_key,
+    scorer_limits,
+)
 from riskserve.errors import RiskserveError
 from riskserve.monitoring import Metrics
 from riskserve.pb.inference import grpc_service_pb2 as pb
@@ -89,18 +95,11 @@ class Paths(NamedTuple):
 
 
 def make_scorer(model: LoadedModel, files: VersionFiles, max_rows: int = MAX_ROWS) -> Scorer:
-    lim = LIMITS
     return Scorer(
         model.pipeline,
         Gbdt(files.contents["model.txt"].decode()),
         model.drift,
-        (
-            lim.max_parameters,
-            lim.max_inputs,
-            lim.max_name_bytes,
-            lim.max_routing_key_bytes,
-            lim.max_parameter_bytes,
-        ),
+        scorer_limits(LIMITS),
         max_rows,
     )
 

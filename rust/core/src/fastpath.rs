@@ -862,22 +862,7 @@ pub fn encode_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn varint(v: u64, out: &mut Vec<u8>) {
-        put_varint(out, v);
-    }
-
-    fn field(no: u64, body: &[u8], out: &mut Vec<u8>) {
-        varint((no << 3) | 2, out);
-        varint(body.len() as u64, out);
-        out.extend_from_slice(body);
-    }
-
-    fn fld(no: u64, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        field(no, body, &mut out);
-        out
-    }
+    use crate::wire::testing::{field, fld, varint};
 
     /// A `map<string, InferParameter>` entry holding a string parameter.
     fn entry(key: &str, value: &str) -> Vec<u8> {

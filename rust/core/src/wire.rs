@@ -623,11 +623,10 @@ pub fn first_infinite_input(buf: &[u8], req: &WireRequest) -> Option<usize> {
         })
 }
 
+/// Protobuf encoding helpers for the tests of this module and of `fastpath`.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
+pub(crate) mod testing {
+    pub(crate) fn varint(mut v: u64, out: &mut Vec<u8>) {
         loop {
             let b = (v & 0x7f) as u8;
             v >>= 7;
@@ -639,17 +638,24 @@ mod tests {
         }
     }
 
-    fn field(no: u64, body: &[u8], out: &mut Vec<u8>) {
+    /// A length-delimited field `no` holding `body`, appended to `out`.
+    pub(crate) fn field(no: u64, body: &[u8], out: &mut Vec<u8>) {
         varint((no << 3) | 2, out);
         varint(body.len() as u64, out);
         out.extend_from_slice(body);
     }
 
-    fn fld(no: u64, body: &[u8]) -> Vec<u8> {
+    pub(crate) fn fld(no: u64, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         field(no, body, &mut out);
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{field, fld, varint};
+    use super::*;
 
     fn err(buf: &[u8]) -> String {
         match parse_infer_request(buf) {
